@@ -1,0 +1,87 @@
+"""Run a scripted expert in its env: the one loop dp-collect and the success table share."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Episode:
+    """One expert episode. ``obs[k]`` is [T, ...] (the observation each action answered)."""
+
+    obs: dict[str, np.ndarray]
+    action: np.ndarray  # [T, A] float32
+    success: bool
+    seed: int
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+
+def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> Episode:
+    """Reset env and expert with ``seed`` and step until terminated/truncated (or ``max_steps``)."""
+    obs, info = env.reset(seed=seed)
+    expert.reset(seed=seed)
+    frames: dict[str, list[np.ndarray]] = {k: [] for k in obs}
+    actions: list[np.ndarray] = []
+    success = False
+    t = 0
+    while True:
+        action = np.asarray(expert.act(obs), dtype=np.float32)
+        for k, v in obs.items():
+            frames[k].append(np.asarray(v))
+        actions.append(action)
+        obs, _, terminated, truncated, info = env.step(action)
+        success = success or bool(info.get("is_success", False))
+        t += 1
+        if terminated or truncated or (max_steps is not None and t >= max_steps):
+            break
+    return Episode(
+        obs={k: np.stack(v) for k, v in frames.items()},
+        action=np.stack(actions).astype(np.float32),
+        success=success,
+        seed=seed,
+        info={k: v for k, v in info.items() if isinstance(v, (bool, int, float, str))},
+    )
+
+
+def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **env_options) -> dict:
+    """Success rate of a task's scripted expert over seeds first_seed..first_seed+n-1."""
+    import envs
+
+    env = envs.make(name, **env_options)
+    expert = envs.expert(name)
+    t0 = time.perf_counter()
+    results = [run_expert_episode(env, expert, seed) for seed in range(first_seed, first_seed + n_episodes)]
+    env.close()
+    lengths = [len(e) for e in results]
+    return {
+        "task": name,
+        "episodes": n_episodes,
+        "success_rate": float(np.mean([e.success for e in results])),
+        "mean_length": float(np.mean(lengths)),
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m envs.rollout TASK [TASK ...] --episodes 50`: print expert success as JSON lines."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("tasks", nargs="+", help="task names or sets (mt10, mt50)")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--first-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    import envs
+
+    for name in args.tasks:
+        for task in envs.task_set(name):
+            print(json.dumps(expert_success_rate(task, args.episodes, args.first_seed)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
