@@ -1,0 +1,2 @@
+"""dp: diffusion-transformer robot policies."""
+__version__ = "0.1.0"

@@ -1,0 +1,8 @@
+"""The one error type the data layer raises for bad datasets or arguments."""
+
+
+class DatasetError(ValueError):
+    """A dataset is missing, corrupt or does not match what the caller needs.
+
+    The message says what was expected, what was found, and what to do.
+    """

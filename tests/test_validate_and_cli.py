@@ -1,0 +1,135 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import zarr
+
+from data_helpers import random_episodes, write_pusht_style_v2
+from dp.data import DatasetError, ReplayBuffer, SequenceDataset, validate
+from dp.data.cli import main as dp_data
+
+
+def _good_store(path, lengths=(4, 6)):
+    buf = ReplayBuffer.create(path)
+    for ep in random_episodes(lengths):
+        buf.add_episode(ep)
+    return zarr.open_group(str(path), mode="r+")
+
+
+def _corrupt(kind, root):
+    ends = root["meta/episode_ends"]
+    if kind == "not_increasing":
+        ends[:] = np.array([6, 4])
+    elif kind == "empty_episode":
+        root["meta"].create_array("tmp", shape=(3,), dtype="int64")
+        del root["meta/episode_ends"]
+        e = root["meta"].create_array("episode_ends", shape=(3,), dtype="int64")
+        e[:] = [4, 4, 10]
+    elif kind == "length_mismatch":
+        ends[:] = np.array([4, 9])
+    elif kind == "nan":
+        a = root["data/state"]
+        a[2, 1] = np.nan
+    elif kind == "inf":
+        a = root["data/action"]
+        a[7, 0] = np.inf
+    elif kind == "wrong_dtype":
+        del root["data/action"]
+        a = root["data"].create_array("action", shape=(10, 2), dtype="int32")
+        a[:] = 1
+    elif kind == "missing_action":
+        del root["data/action"]
+
+
+CASES = {
+    "not_increasing": "meta/episode_ends: not increasing",
+    "empty_episode": "meta/episode_ends: empty episodes",
+    "length_mismatch": "data/action: length 10 on axis 0, but meta/episode_ends[-1] = 9",
+    "nan": "data/state: non-finite value (NaN or inf) at step 2",
+    "inf": "data/action: non-finite value (NaN or inf) at step 7",
+    "wrong_dtype": "data/action: dtype int32, expected a float type",
+    "missing_action": "data/action: missing",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_corrupt_stores_are_rejected_naming_the_key(tmp_path, capsys, kind):
+    path = tmp_path / f"{kind}.zarr"
+    _corrupt(kind, _good_store(path))
+    assert dp_data(["validate", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert CASES[kind] in err, err
+    with pytest.raises(DatasetError, match="Invalid dataset"):
+        validate(ReplayBuffer.open(path))
+    # the training loader refuses it too (it must never train on a corrupt store)
+    if kind != "missing_action":
+        with pytest.raises(DatasetError):
+            SequenceDataset(path, horizon=2, n_obs_steps=1, n_action_steps=1)
+
+
+def test_valid_store_info_and_validate(tmp_path, capsys):
+    path = tmp_path / "ok.zarr"
+    _good_store(path)
+    assert dp_data(["validate", str(path)]) == 0
+    assert dp_data(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["episodes"] == 2 and info["steps"] == 10
+    assert info["keys"]["state"] == {"shape": [10, 5], "dtype": "float32"}
+    assert info["episode_length"]["min"] == 4 and info["episode_length"]["max"] == 6
+    assert dp_data(["validate", str(tmp_path / "nope.zarr")]) == 2
+
+
+def test_info_describes_diffusion_policy_v2_store(tmp_path, capsys):
+    write_pusht_style_v2(tmp_path / "pusht.zarr", lengths=(7, 3, 12))
+    assert dp_data(["info", str(tmp_path / "pusht.zarr")]) == 0
+    out = capsys.readouterr().out
+    assert "zarr format 2" in out and "episodes 3, steps 22" in out
+    assert "data/img" in out and "(22, 96, 96, 3)" in out and "uint8" in out
+    assert "data/keypoint" in out and "(22, 9, 2)" in out
+
+
+def _write_robomimic(path, lengths=(5, 3, 4)):
+    rng = np.random.default_rng(0)
+    demos = {}
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1})
+        # written out of numeric order on purpose: demo_10 must come after demo_2
+        for n, L in zip((10, 2, 0), lengths):
+            g = data.create_group(f"demo_{n}")
+            demo = {
+                "actions": rng.normal(size=(L, 7)).astype(np.float64),
+                "robot0_eef_pos": rng.normal(size=(L, 3)),
+                "object": rng.normal(size=(L, 10)),
+                "agentview_image": rng.integers(0, 256, size=(L, 8, 8, 3), dtype=np.uint8),
+            }
+            g.create_dataset("actions", data=demo["actions"])
+            for k in ("robot0_eef_pos", "object", "agentview_image"):
+                g.create_dataset(f"obs/{k}", data=demo[k])
+            demos[n] = demo
+    return demos
+
+
+def test_import_robomimic(tmp_path, capsys):
+    src = tmp_path / "lift.hdf5"
+    demos = _write_robomimic(src)
+    dst = tmp_path / "lift.zarr"
+    rc = dp_data(
+        ["import-robomimic", str(src), str(dst), "--state-keys", "robot0_eef_pos,object", "--image-key", "agentview_image"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    buf = ReplayBuffer.open(dst)
+    assert buf.episode_ends.tolist() == [4, 7, 12]  # demo_0 (4), demo_2 (3), demo_10 (5)
+    assert buf["state"].shape == (12, 13) and buf["img"].dtype == np.uint8
+    np.testing.assert_allclose(buf.get_episode(2)["action"], demos[10]["actions"], rtol=1e-6)
+    np.testing.assert_allclose(
+        buf.get_episode(1)["state"], np.concatenate([demos[2]["robot0_eef_pos"], demos[2]["object"]], 1), rtol=1e-6
+    )
+    assert buf.attrs["env_args"]["env_name"] == "Lift"
+    assert dp_data(["validate", str(dst)]) == 0
+    # a bad state key fails clearly and leaves no output behind
+    rc = dp_data(["import-robomimic", str(src), str(tmp_path / "bad.zarr"), "--state-keys", "nope"])
+    assert rc == 2 and "lacks ['nope']" in capsys.readouterr().err
+    assert not (tmp_path / "bad.zarr").exists()
+    assert not list(tmp_path.glob("bad.zarr.tmp-*"))
