@@ -30,7 +30,7 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench: setup
-	$(PY) -m dp.bench
+	.venv/bin/dp-bench
 
 clean:
 	rm -rf .venv

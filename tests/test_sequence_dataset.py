@@ -114,3 +114,40 @@ def test_normalizer_fit_on_training_split():
     z = norm.normalize("action", buf["action"])
     assert np.allclose(z.min(0), -1, atol=1e-5) and np.allclose(z.max(0), 1, atol=1e-5)
     assert set(norm.keys()) == {"action", "state"}
+
+
+def test_items_batches_and_dataloader_agree():
+    import torch
+
+    from dp.data import collate_batch
+
+    buf = ReplayBuffer.empty()
+    for k, ep in enumerate(random_episodes([9, 4, 15], image_hw=(8, 8))):
+        ep["task_id"] = np.full(len(ep["action"]), k, dtype=np.int64)
+        buf.add_episode(ep)
+    ds = SequenceDataset(buf, horizon=6, n_obs_steps=3, n_action_steps=2, obs_keys={"state": "state", "image": "img"})
+    idx = np.arange(len(ds))
+    batch = ds.get_batch(idx)
+    for i in idx:
+        item = ds[int(i)]
+        np.testing.assert_array_equal(item["action"], batch["action"][i])
+        np.testing.assert_array_equal(item["obs"]["image"], batch["obs"]["image"][i])
+        assert item["task_id"] == batch["task_id"][i]
+    assert sorted(set(batch["task_id"].tolist())) == [0, 1, 2]
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=False, collate_fn=collate_batch)
+    first = next(iter(loader))
+    assert first["obs"]["image"].shape == (5, 3, 3, 8, 8) and first["obs"]["image"].dtype == torch.uint8
+    np.testing.assert_array_equal(first["action"].numpy(), batch["action"][:5])
+
+
+def test_bench_reference_sampler_matches_dataset():
+    from dp.bench.dataset import PerSampleSampler, _buffer
+
+    buf = _buffer(3, 20, image=True)
+    keys = {"state": "state", "image": "img"}
+    ds = SequenceDataset(buf, horizon=16, n_obs_steps=2, n_action_steps=8, obs_keys=keys)
+    ref = PerSampleSampler(buf, keys)
+    for i in range(len(ds)):
+        r, d = ref.sample(i), ds[i]
+        np.testing.assert_array_equal(r["action"], d["action"])
+        np.testing.assert_array_equal(np.moveaxis(r["image"], -1, -3), d["obs"]["image"])

@@ -2,7 +2,7 @@
 from dp.data.errors import DatasetError
 from dp.data.normalizer import Normalizer
 from dp.data.replay_buffer import ReplayBuffer
-from dp.data.sequence import SequenceDataset, episode_split, window_index
+from dp.data.sequence import SequenceDataset, collate_batch, episode_split, window_index
 from dp.data.validate import find_problems, validate
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Normalizer",
     "ReplayBuffer",
     "SequenceDataset",
+    "collate_batch",
     "episode_split",
     "window_index",
     "find_problems",

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,3 +36,34 @@ def atomic_store(dst: str | os.PathLike, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, dst)
+
+
+class GracefulInterrupt:
+    """Defer SIGINT/SIGTERM to points the caller chooses (``check()``).
+
+    zarr 3 writes chunks from a background event loop; a KeyboardInterrupt raised in the
+    middle of a write can leave that loop writing files after cleanup has run. Deferring
+    the signal to a point between writes makes the interrupt clean.
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def check(self) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt(f"interrupted by signal {signal.Signals(self.received).name}")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False

@@ -183,8 +183,25 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)}).")
-        batch = self.get_batch(np.array([i % len(self)]))
-        return _unbatch(batch)
+        s, lo, hi = int(self.start[i]), int(self.ep_start[i]), int(self.ep_end[i]) - 1
+        if lo <= s and s + self.horizon - 1 <= hi:  # no padding: plain slices (views)
+            t_obs, t_act = slice(s, s + self.n_obs_steps), slice(s, s + self.horizon)
+        else:
+            t_act = np.clip(np.arange(s, s + self.horizon), lo, hi)
+            t_obs = t_act[: self.n_obs_steps]
+        data = self.buffer.data
+        obs = {}
+        for name, key in self.obs_keys.items():
+            x = data[key][t_obs]
+            obs[name] = np.moveaxis(x, -1, -3) if name in self._image_keys else x
+        out = {"obs": obs, "action": np.asarray(data[self.action_key][t_act], dtype=np.float32)}
+        for key in self.extra_keys:
+            out[key] = np.int64(data[key][min(max(s + self.n_obs_steps - 1, lo), hi)])
+        return out
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        """Batched fetch used by torch's DataLoader (pair it with ``collate_batch``)."""
+        return self.get_batch(np.asarray(indices))
 
     def fit_normalizer(self, mode: str = "limits") -> Normalizer:
         """Normalizer fitted on this split's episodes for the action and low-dim obs keys."""
@@ -202,7 +219,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         return np.concatenate([[0], ends[:-1]])
 
 
-def _unbatch(tree):
-    if isinstance(tree, dict):
-        return {k: _unbatch(v) for k, v in tree.items()}
-    return tree[0]
+def collate_batch(batch):
+    """DataLoader collate_fn for ``__getitems__`` output: numpy tree -> torch tree."""
+    if isinstance(batch, dict):
+        return {k: collate_batch(v) for k, v in batch.items()}
+    return torch.from_numpy(np.ascontiguousarray(batch))

@@ -1,0 +1,24 @@
+"""`dp-bench [NAME ...]`: run benchmarks and write bench/results/<name>.json."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {"dataset": "dp.bench.dataset"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dp-bench", description=__doc__)
+    parser.add_argument("names", nargs="*",
+                        help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    args = parser.parse_args(argv)
+    names = args.names or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    for name in names:
+        importlib.import_module(BENCHMARKS[name]).main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from dp.collect import EVAL_SEED_BASE, collect
+from dp.data import DatasetError, ReplayBuffer
+
+REPO = Path(__file__).resolve().parents[1]
+DP_COLLECT = [sys.executable, "-m", "dp.collect"]
+
+
+def _cfg(tmp_path, **kw):
+    cfg = {
+        "task": {"name": "toy", "env": "toy", "env_options": {}},
+        "n_episodes": 6,
+        "obs": "state",
+        "image_size": None,
+        "output": str(tmp_path / "toy.zarr"),
+        "seed": 0,
+        "keep_failed": False,
+        "max_attempts_factor": 3,
+        "overwrite": False,
+        "progress": False,
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def test_collect_toy_state_and_image(tmp_path):
+    summary = collect(_cfg(tmp_path))
+    buf = ReplayBuffer.open(tmp_path / "toy.zarr")
+    assert buf.n_episodes == 6 and buf["state"].shape[1] == 4 and buf["action"].shape[1] == 2
+    attrs = dict(zarr.open_group(str(tmp_path / "toy.zarr"), mode="r").attrs)
+    assert attrs["tasks"] == ["toy"] and "obstacle" in attrs["instructions"][0]
+    assert attrs["episode_seeds"] == list(range(6)) and attrs["seeds"] == list(range(6))
+    assert attrs["expert_success_rate"] == summary["expert_success_rate"] == 1.0
+    assert attrs["dp_version"] and attrs["env_options"] == {"obs": "state"}
+    assert max(attrs["seeds"]) < EVAL_SEED_BASE
+
+    collect(_cfg(tmp_path, obs="image", image_size=32, output=str(tmp_path / "img.zarr")))
+    img = ReplayBuffer.open(tmp_path / "img.zarr")["img"]
+    assert img.shape[1:] == (32, 32, 3) and img.dtype == np.uint8 and img.chunks[0] == 1
+
+
+def test_collect_is_repeatable_and_refuses_to_overwrite(tmp_path):
+    collect(_cfg(tmp_path))
+    with pytest.raises(DatasetError, match="already exists"):
+        collect(_cfg(tmp_path))
+    collect(_cfg(tmp_path, output=str(tmp_path / "again.zarr")))
+    a = ReplayBuffer.open(tmp_path / "toy.zarr")["action"][:]
+    b = ReplayBuffer.open(tmp_path / "again.zarr")["action"][:]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_config_values_are_named(tmp_path):
+    with pytest.raises(DatasetError, match="n_episodes: expected an integer >= 1, found 0"):
+        collect(_cfg(tmp_path, n_episodes=0))
+    with pytest.raises(DatasetError, match="obs: expected 'state' or 'image', found 'rgb'"):
+        collect(_cfg(tmp_path, obs="rgb"))
+    assert not (tmp_path / "toy.zarr").exists()
+
+
+def test_cli_and_interrupted_collection_leaves_no_store(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = tmp_path / "cli.zarr"
+    done = subprocess.run(
+        DP_COLLECT + ["task=toy", "n_episodes=3", f"output={out}", "progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["episodes"] == 3
+    assert not list(tmp_path.glob("*.log")) and not (tmp_path / "outputs").exists()
+
+    bad = subprocess.run(DP_COLLECT + ["task=toy", "n_episodes=-1", f"output={tmp_path / 'x.zarr'}"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "n_episodes" in bad.stderr
+
+    big = tmp_path / "big.zarr"
+    proc = subprocess.Popen(DP_COLLECT + ["task=toy", "n_episodes=100000", f"output={big}", "progress=false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("big.zarr.tmp-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # mid-collection
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not big.exists(), "an interrupted collection must not leave a store under the output name"
+    assert not list(tmp_path.glob("big.zarr.tmp-*")), "Ctrl-C cleans up its temporary store"
