@@ -1,0 +1,184 @@
+"""DiT: the Transformer denoiser every dp policy shares. Each token carries its own level.
+
+    dit = DiT(dim=256, depth=8, heads=4, cond_mode="prefix")
+    cache = dit.encode_condition(cond, context)   # once per prediction
+    for each denoising step:
+        out = dit(x, level, cache=cache)          # x [B, N, D], level [B, N] -> [B, N, D]
+
+Block (adaLN-Zero, as DiT's ``models.py``)::
+
+    c = LevelEmbedding(level) + context                    # per token, [B, N, D]
+    x = x + gate1 * SelfAttn(modulate(norm1(x), shift1, scale1) ; prefix K/V)
+    x = x + CrossAttn(norm_x(x), cond K/V)                 # cond_mode cross | alternating
+    x = x + gate2 * FFN(modulate(norm2(x), shift2, scale2), level_emb)
+
+The adaLN projections, the cross-attention output and the final modulation are
+zero-initialised: a fresh block is the identity on its residual path.
+
+Condition modes (``cond`` is what does not change across denoising steps):
+- ``prefix``: condition tokens are prepended. They attend only to themselves and are
+  modulated by level 0 + context, so their per-layer K/V never depend on x or on the
+  step: ``encode_condition`` runs them through the layers once and caches the K/V.
+- ``cross``: every layer cross-attends to the condition tokens (K/V cached per layer).
+- ``alternating``: ``cond`` is a list of token groups; layer i cross-attends to group
+  ``i % len(cond)`` (RDT: language on even layers, images on odd layers).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dp.core.embeddings import LevelEmbedding
+from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, make_norm, modulate
+
+COND_MODES = ("prefix", "cross", "alternating")
+
+# ffn factory: (dim, hidden, layer_index) -> module with forward(x, level_emb)
+FFNFactory = Callable[[int, int, int], nn.Module]
+
+
+def dense_ffn(dim: int, hidden: int, layer: int) -> nn.Module:
+    return MLP(dim, hidden)
+
+
+@dataclass
+class ConditionCache:
+    """What ``encode_condition`` computes once per prediction (per layer)."""
+
+    prefix_kv: list[KV | None] = field(default_factory=list)
+    cross_kv: list[KV | None] = field(default_factory=list)
+    context: torch.Tensor | None = None  # [B, D]
+
+    def repeat(self, n: int) -> "ConditionCache":
+        """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples)."""
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+        kv = lambda p: None if p is None else (rep(p[0]), rep(p[1]))  # noqa: E731
+        return ConditionCache([kv(p) for p in self.prefix_kv], [kv(p) for p in self.cross_kv], rep(self.context))
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: nn.Module, norm: str = "layer", qk_norm: bool = False,
+                 cross: bool = False):
+        super().__init__()
+        self.norm1 = make_norm(norm, dim, affine=False)
+        self.attn = SelfAttention(dim, heads, qk_norm, norm)
+        self.norm2 = make_norm(norm, dim, affine=False)
+        self.ffn = ffn
+        self.cross = CrossAttention(dim, heads, qk_norm, norm) if cross else None
+        self.norm_x = make_norm(norm, dim) if cross else None
+        self.cond_norm = make_norm(norm, dim) if cross else None
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        nn.init.zeros_(self.ada[1].weight)
+        nn.init.zeros_(self.ada[1].bias)
+        if self.cross is not None:
+            nn.init.zeros_(self.cross.proj.weight)
+            nn.init.zeros_(self.cross.proj.bias)
+
+    def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None):
+        """x, c, level_emb [B, N, D] -> (x [B, N, D], this layer's self-attention K/V of x)."""
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix_kv)
+        x = x + gate1 * h
+        if self.cross is not None:
+            x = x + self.cross(self.norm_x(x), cross_kv)
+        x = x + gate2 * self.ffn(modulate(self.norm2(x), shift2, scale2), level_emb)
+        return x, kv
+
+    def cross_keys_values(self, cond: torch.Tensor) -> KV:
+        return self.cross.keys_values(self.cond_norm(cond))
+
+
+class DiT(nn.Module):
+    """Tokens [B, N, D] + per-token levels [B, N] (+ condition, context) -> tokens [B, N, D]."""
+
+    def __init__(
+        self,
+        dim: int = 256,
+        depth: int = 8,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        norm: str = "layer",
+        qk_norm: bool = False,
+        cond_mode: str = "prefix",
+        ffn: FFNFactory = dense_ffn,
+    ):
+        super().__init__()
+        if cond_mode not in COND_MODES:
+            raise ValueError(f"cond_mode must be one of {COND_MODES}, got {cond_mode!r}.")
+        self.dim, self.depth, self.cond_mode = dim, depth, cond_mode
+        self.level_emb = LevelEmbedding(dim)
+        hidden = int(dim * mlp_ratio)
+        cross = cond_mode in ("cross", "alternating")
+        self.blocks = nn.ModuleList(
+            DiTBlock(dim, heads, ffn(dim, hidden, i), norm, qk_norm, cross) for i in range(depth)
+        )
+        self.final_norm = make_norm(norm, dim, affine=False)
+        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        nn.init.zeros_(self.final_ada[1].weight)
+        nn.init.zeros_(self.final_ada[1].bias)
+        self._init_linears()
+
+    def _init_linears(self) -> None:
+        zero = {id(b.ada[1]) for b in self.blocks} | {id(self.final_ada[1])}
+        zero |= {id(b.cross.proj) for b in self.blocks if b.cross is not None}
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and id(m) not in zero:
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(self.level_emb.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.level_emb.mlp[2].weight, std=0.02)
+
+    # ------------------------------------------------------------------ condition
+    def encode_condition(self, cond=None, context: torch.Tensor | None = None) -> ConditionCache:
+        """Run everything that does not depend on x or the level, once per prediction.
+
+        cond: [B, M, D] (prefix, cross) or a list of [B, M_i, D] (alternating).
+        context: [B, D] global vector added to every token's level embedding.
+        """
+        cache = ConditionCache(context=context)
+        if cond is None:
+            cache.prefix_kv = [None] * self.depth
+            cache.cross_kv = [None] * self.depth
+            return cache
+        groups = list(cond) if isinstance(cond, (list, tuple)) else [cond]
+        if self.cond_mode == "prefix":
+            if len(groups) != 1:
+                cond = torch.cat(groups, dim=1)
+            else:
+                cond = groups[0]
+            level0 = self.level_emb(torch.zeros(cond.shape[:2], device=cond.device))
+            c = level0 + (context[:, None] if context is not None else 0)
+            h = cond
+            for block in self.blocks:
+                h, kv = block(h, c, level0)
+                cache.prefix_kv.append(kv)
+            cache.cross_kv = [None] * self.depth
+        else:
+            if self.cond_mode == "cross" and len(groups) != 1:
+                groups = [torch.cat(groups, dim=1)]
+            if self.cond_mode == "alternating" and len(groups) < 2:
+                raise ValueError("cond_mode 'alternating' needs a list of >= 2 condition groups (e.g. [language, images]).")
+            cache.cross_kv = [blk.cross_keys_values(groups[i % len(groups)]) for i, blk in enumerate(self.blocks)]
+            cache.prefix_kv = [None] * self.depth
+        return cache
+
+    # ------------------------------------------------------------------ denoise
+    def forward(self, x: torch.Tensor, level: torch.Tensor, cond=None, context=None,
+                cache: ConditionCache | None = None) -> torch.Tensor:
+        """x [B, N, D], level [B, N] in [0, 1] -> [B, N, D]. Pass ``cache`` or ``cond``/``context``."""
+        if level.shape != x.shape[:2]:
+            raise ValueError(f"level must be [B, N] = {tuple(x.shape[:2])}, got {tuple(level.shape)}.")
+        if cache is None:
+            cache = self.encode_condition(cond, context)
+        if self.cond_mode != "prefix" and cache.cross_kv and cache.cross_kv[0] is None:
+            raise ValueError(f"cond_mode {self.cond_mode!r} needs condition tokens; got none.")
+        level_emb = self.level_emb(level)
+        c = level_emb if cache.context is None else level_emb + cache.context[:, None]
+        for block, pkv, ckv in zip(self.blocks, cache.prefix_kv, cache.cross_kv):
+            x, _ = block(x, c, level_emb, pkv, ckv)
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return modulate(self.final_norm(x), shift, scale)

@@ -1,0 +1,80 @@
+"""Embeddings: noise level, positions, and the action tokenizer/head.
+
+Levels are continuous in [0, 1] (0 clean, 1 pure noise). A level is scaled by
+``LEVEL_SCALE`` before the sinusoid so that 100-1000 distinct training levels get
+well-separated features, as DiT/DDPM do with integer timesteps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LEVEL_SCALE = 1000.0
+
+
+def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
+    """Sinusoidal features of a real tensor: [...] -> [..., dim] (cos half, then sin half)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    args = x.float()[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)
+    return emb
+
+
+class LevelEmbedding(nn.Module):
+    """Per-token noise level -> conditioning vector: [B, N] -> [B, N, D] (sinusoid + MLP)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, level: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal(level * LEVEL_SCALE, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+class ActionTokenizer(nn.Module):
+    """Action chunk -> tokens with learned positions: [B, H, A] -> [B, H, D]."""
+
+    def __init__(self, action_dim: int, dim: int, horizon: int):
+        super().__init__()
+        self.proj = nn.Linear(action_dim, dim)
+        self.pos = nn.Parameter(torch.zeros(1, horizon, dim))
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, actions: torch.Tensor) -> torch.Tensor:
+        return self.proj(actions) + self.pos[:, : actions.shape[1]]
+
+
+class ActionHead(nn.Module):
+    """Tokens -> per-step prediction: [B, H, D] -> [B, H, A]. Zero-initialised (DiT's final layer)."""
+
+    def __init__(self, dim: int, action_dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, action_dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(tokens)
+
+
+class PatchTokenizer(nn.Module):
+    """Images -> patch tokens with learned positions: [B, C, H, W] -> [B, (H/p)(W/p), D]."""
+
+    def __init__(self, in_channels: int, dim: int, patch: int, image_size: int):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}.")
+        self.patch = patch
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
+        self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))
+        nn.init.normal_(self.pos, std=0.02)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.proj(images)  # [B, D, h, w]
+        return x.flatten(2).transpose(1, 2) + self.pos

@@ -1,0 +1,91 @@
+"""Norms, attention and the dense MLP used by the DiT blocks.
+
+Shapes: tokens [B, N, D]; attention heads split as [B, heads, N, D/heads].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+NORMS = ("layer", "rms")
+
+
+def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=affine)
+    if kind == "rms":
+        return nn.RMSNorm(dim, eps=1e-6, elementwise_affine=affine)
+    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}.")
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: per-token affine from the conditioning vector. All [B, N, D]."""
+    return x * (1 + scale) + shift
+
+
+KV = tuple[torch.Tensor, torch.Tensor]  # keys, values: [B, heads, M, head_dim]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over x, optionally also attending to cached prefix K/V."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, norm: str = "layer"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} must be divisible by heads {heads}.")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        head_dim = dim // heads
+        self.q_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, prefix_kv: KV | None = None, mask: torch.Tensor | None = None):
+        """x [B, N, D] -> (out [B, N, D], (k, v) of x for callers that cache them)."""
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        own = (k, v)
+        if prefix_kv is not None:
+            k = torch.cat([prefix_kv[0], k], dim=2)
+            v = torch.cat([prefix_kv[1], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)")), own
+
+
+class CrossAttention(nn.Module):
+    """Queries from x, keys/values from condition tokens; K/V computed once per prediction."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False, norm: str = "layer"):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        head_dim = dim // heads
+        self.q_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
+
+    def keys_values(self, cond: torch.Tensor) -> KV:
+        """cond [B, M, D] -> (k, v) [B, heads, M, head_dim]."""
+        k, v = rearrange(self.kv(cond), "b m (two h d) -> two b h m d", two=2, h=self.heads)
+        return self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, kv: KV, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = self.q_norm(rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads))
+        out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class MLP(nn.Module):
+    """Dense GELU feed-forward. ``level_emb`` is accepted (and ignored) so it fills the
+    same ``ffn`` slot as a mixture of experts, whose router reads the level embedding."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, level_emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))

@@ -1,0 +1,158 @@
+"""Samplers: walk x from level 1 to level 0 with a denoiser.
+
+Every sampler meets the model only through ``denoise(x_t, t) -> x0_hat`` (the process
+turns the raw network output into x0) and works with per-token levels: ``levels`` is
+a descending grid [S+1] or [S+1, B, N]; each call sees ``t`` of shape [B, N]. A token
+whose level is already 0 is left as it is; a step that ends at level 0 returns x0_hat.
+
+- ``ddpm``: ancestral sampling with the Gaussian posterior q(x_s | x_t, x0_hat).
+- ``ddim``: deterministic (eta 0) x_s = alpha_s x0_hat + sigma_s eps_hat.
+- ``dpm_solver_pp``: DPM-Solver++(2M), multistep second order in log-SNR.
+- ``euler`` / ``heun``: the probability-flow ODE, first / second order (see Euler).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from dp.diffusion.process import GaussianProcess, _bcast
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Sampler:
+    name = "base"
+    calls_per_step = 1
+
+    def __init__(self, steps: int = 10):
+        if steps < 1:
+            raise ValueError(f"{self.name}: steps must be >= 1, got {steps}.")
+        self.steps = int(steps)
+
+    def network_calls(self) -> int:
+        return self.steps * self.calls_per_step
+
+    def levels(self, process: GaussianProcess, device=None) -> torch.Tensor:
+        return process.sampling_levels(self.steps, device)
+
+    def sample(self, denoise: Denoise, process: GaussianProcess, x: torch.Tensor,
+               levels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x: the starting sample [B, N, A] at ``levels[0]`` -> the sample at ``levels[-1]``."""
+        if levels is None:
+            levels = self.levels(process, x.device)
+        grid = levels.to(x.device)
+        if grid.dim() == 1:
+            grid = grid[:, None, None].expand(-1, *x.shape[:2])
+        if grid.shape[1:] != x.shape[:2]:
+            raise ValueError(f"levels must be [S+1] or [S+1, B, N] with [B, N] = {tuple(x.shape[:2])}; got {tuple(levels.shape)}.")
+        self.begin()
+        for i in range(grid.shape[0] - 1):
+            t, s = grid[i], grid[i + 1]
+            moving = _bcast(t > s, x)
+            x0 = denoise(x, t)
+            stepped = self.step(denoise, process, x, x0, t, s, generator)
+            stepped = torch.where(_bcast(s <= 0, x), x0, stepped)
+            x = torch.where(moving, stepped, x)
+        return x
+
+    def begin(self) -> None:
+        """Reset multistep memory at the start of a trajectory."""
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        raise NotImplementedError
+
+
+class DDIM(Sampler):
+    name = "ddim"
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        eps = process.to_eps(x0, x, t)
+        a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
+        return a_s * x0 + s_s * eps
+
+
+class DDPM(Sampler):
+    name = "ddpm"
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        a_t, s_t = (_bcast(v, x) for v in process.alpha_sigma(t))
+        a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
+        a_ts = a_t / a_s
+        var_ts = (s_t**2 - a_ts**2 * s_s**2).clamp_min(0)
+        mean = (a_ts * s_s**2 / s_t**2) * x + (a_s * var_ts / s_t**2) * x0
+        std = (var_ts * s_s**2 / s_t**2).sqrt()
+        noise = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+        return mean + std * noise
+
+
+class DPMSolverPP(Sampler):
+    """DPM-Solver++(2M) (Lu et al. 2022), data prediction, first order on the first step."""
+
+    name = "dpm_solver_pp"
+
+    def begin(self) -> None:
+        self.prev_x0 = None
+        self.prev_h = None
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        a_t, s_t = (_bcast(v, x) for v in process.alpha_sigma(t))
+        a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
+        lam_t = torch.log(a_t / s_t)
+        lam_s = torch.log(a_s / s_s.clamp_min(1e-12))
+        h = lam_s - lam_t
+        d = x0
+        if self.prev_x0 is not None:
+            r = self.prev_h / h.clamp_min(1e-12)
+            second = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * self.prev_x0
+            d = torch.where(torch.isfinite(second) & (self.prev_h > 0), second, x0)
+        self.prev_x0, self.prev_h = x0, h
+        return (s_s / s_t) * x - a_s * torch.expm1(-h) * d
+
+
+class Euler(Sampler):
+    """Euler on the probability-flow ODE, stepping alpha and sigma by their exact increments:
+    x_s = x_t + (alpha_s - alpha_t) x0_hat + (sigma_s - sigma_t) eps_hat. This is the usual
+    Euler in t for flow (alpha = 1 - t, sigma = t) and EDM's Euler in sigma for ``edm``; under
+    vp_cosine it coincides with DDIM."""
+
+    name = "euler"
+
+    @staticmethod
+    def increment(process, x, x0, eps, t, s):
+        a_t, s_t = (_bcast(v, x) for v in process.alpha_sigma(t))
+        a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
+        return (a_s - a_t) * x0 + (s_s - s_t) * eps
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        return x + self.increment(process, x, x0, process.to_eps(x0, x, t), t, s)
+
+
+class Heun(Euler):
+    """Heun's second-order method (EDM's deterministic sampler): average the slopes at
+    both ends of each step; the final step (to level 0) is Euler."""
+
+    name = "heun"
+    calls_per_step = 2
+
+    def network_calls(self) -> int:
+        return 2 * self.steps - 1
+
+    def step(self, denoise, process, x, x0, t, s, generator):
+        eps = process.to_eps(x0, x, t)
+        x_euler = x + self.increment(process, x, x0, eps, t, s)
+        if bool((s <= 0).all()):
+            return x_euler
+        s_safe = s.clamp_min(1e-6)
+        x0_s = denoise(x_euler, s_safe)
+        eps_s = process.to_eps(x0_s, x_euler, s_safe)
+        return x + self.increment(process, x, 0.5 * (x0 + x0_s), 0.5 * (eps + eps_s), t, s)
+
+
+SAMPLERS = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP, Euler, Heun)}
+
+
+def make_sampler(name: str, steps: int = 10) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}.")
+    return SAMPLERS[name](steps)
