@@ -77,10 +77,10 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.cross.proj.weight)
             nn.init.zeros_(self.cross.proj.bias)
 
-    def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None):
-        """x, c, level_emb [B, N, D] -> (x [B, N, D], this layer's self-attention K/V of x)."""
+    def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None):
+        """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
-        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix_kv)
+        h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix_kv, mask)
         x = x + gate1 * h
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), cross_kv)
@@ -176,6 +176,8 @@ class DiT(nn.Module):
             cache = self.encode_condition(cond, context)
         if self.cond_mode != "prefix" and cache.cross_kv and cache.cross_kv[0] is None:
             raise ValueError(f"cond_mode {self.cond_mode!r} needs condition tokens; got none.")
+        if level.shape[1] > 1 and bool((level == level[:, :1]).all()):
+            level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
         level_emb = self.level_emb(level)
         c = level_emb if cache.context is None else level_emb + cache.context[:, None]
         for block, pkv, ckv in zip(self.blocks, cache.prefix_kv, cache.cross_kv):

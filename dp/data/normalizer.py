@@ -92,7 +92,7 @@ class Normalizer(nn.Module):
             raise KeyError(f"Normalizer has no key '{key}'; it was fitted on {self.keys()}.")
         return self.params[key]
 
-    def _apply(self, key, x, inverse: bool):
+    def _affine(self, key, x, inverse: bool):
         p = self._get(key)
         if x.shape[-1] != p.scale.shape[0]:
             raise ValueError(f"Normalizer '{key}' expects last dim {p.scale.shape[0]}, got shape {tuple(x.shape)}.")
@@ -103,10 +103,10 @@ class Normalizer(nn.Module):
         return (x - offset) / scale if inverse else x * scale + offset
 
     def normalize(self, key: str, x):
-        return self._apply(key, x, inverse=False)
+        return self._affine(key, x, inverse=False)
 
     def unnormalize(self, key: str, x):
-        return self._apply(key, x, inverse=True)
+        return self._affine(key, x, inverse=True)
 
     def normalize_dict(self, d: Mapping) -> dict:
         """Normalize the keys this normalizer knows; pass the others through unchanged."""

@@ -1,0 +1,88 @@
+"""Image encoder as diffusion_policy uses it: a ResNet-18-style CNN with GroupNorm in place
+of BatchNorm, spatial softmax in place of global pooling, random-crop augmentation in
+training and a centre crop at evaluation. Plain torch (no torchvision).
+
+    enc = ImageEncoder(image_size=84, crop=76, dim=256, width=64)
+    tokens = enc(images)            # [B, 3, H, W] uint8 or float in [0, 255] -> [B, D]
+
+``width`` scales every stage (64 is ResNet-18; 16-32 trains on a CPU in minutes).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _gn(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(max(1, channels // 16), channels)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = _gn(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = _gn(cout)
+        self.skip = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _gn(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x):
+        h = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(h)) + self.skip(x))
+
+
+class SpatialSoftmax(nn.Module):
+    """Feature map [B, C, H, W] -> expected (x, y) of ``keypoints`` learned maps: [B, 2K]."""
+
+    def __init__(self, channels: int, keypoints: int = 32):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, keypoints, 1)
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feat.shape
+        attn = torch.softmax(self.proj(feat).flatten(2), dim=-1)  # [B, K, HW]
+        ys = torch.linspace(-1, 1, h, device=feat.device, dtype=attn.dtype)
+        xs = torch.linspace(-1, 1, w, device=feat.device, dtype=attn.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(h * w, 2)
+        return (attn @ grid).flatten(1)  # [B, K * 2]
+
+
+def crop(images: torch.Tensor, size: int, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop per image in training, centre crop otherwise. [B, C, H, W] -> [B, C, size, size]."""
+    b, _, h, w = images.shape
+    if size >= h and size >= w:
+        return images
+    if not train:
+        top, left = (h - size) // 2, (w - size) // 2
+        return images[:, :, top : top + size, left : left + size]
+    tops = torch.randint(0, h - size + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(0, w - size + 1, (b,), generator=generator).tolist()
+    return torch.stack([img[:, t : t + size, l : l + size] for img, t, l in zip(images, tops, lefts)])
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, image_size: int = 84, crop: int | None = 76, dim: int = 256, width: int = 64,
+                 keypoints: int = 32, stages: int = 4):
+        super().__init__()
+        self.crop_size = crop or image_size
+        if self.crop_size > image_size:
+            raise ValueError(f"crop {crop} must not exceed image_size {image_size}.")
+        chans = [width * 2**i for i in range(stages)]
+        self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), _gn(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        layers, cin = [], width
+        for i, c in enumerate(chans):
+            layers += [BasicBlock(cin, c, 1 if i == 0 else 2), BasicBlock(c, c, 1)]
+            cin = c
+        self.layers = nn.Sequential(*layers)
+        self.pool = SpatialSoftmax(cin, keypoints)
+        self.out = nn.Linear(2 * keypoints, dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1.0  # uint8 range -> [-1, 1]
+        x = crop(x, self.crop_size, self.training)
+        return self.out(self.pool(self.layers(self.stem(x))))

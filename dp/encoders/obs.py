@@ -1,0 +1,66 @@
+"""Observation tokens for a policy: state and camera images over To steps.
+
+shape_meta (from the dataset; stored in the policy config)::
+
+    {"action": [A], "obs": {"state": [S], "image": [3, H, W], ...}}
+
+Obs keys with a 3-D shape are cameras (each gets its own CNN); 1-D keys are low-dim
+vectors (each gets its own MLP). Output: [B, To * n_keys, D] with a learned embedding
+per (step, key), ordered step-major.
+"""
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from dp.encoders.image import ImageEncoder
+from dp.encoders.state import StateEncoder
+
+
+def camera_keys(shape_meta: dict) -> list[str]:
+    return sorted(k for k, s in shape_meta["obs"].items() if len(s) == 3)
+
+
+def lowdim_keys(shape_meta: dict) -> list[str]:
+    return sorted(k for k, s in shape_meta["obs"].items() if len(s) == 1)
+
+
+class ObsEncoder(nn.Module):
+    def __init__(self, shape_meta: dict, dim: int, n_obs_steps: int, image: dict | None = None):
+        super().__init__()
+        self.lowdim = lowdim_keys(shape_meta)
+        self.cameras = camera_keys(shape_meta)
+        self.keys = self.lowdim + self.cameras
+        if not self.keys:
+            raise ValueError(f"shape_meta['obs'] has no usable keys: {shape_meta['obs']}.")
+        self.n_obs_steps = n_obs_steps
+        self.encoders = nn.ModuleDict()
+        for k in self.lowdim:
+            self.encoders[k] = StateEncoder(shape_meta["obs"][k][0], dim)
+        for k in self.cameras:
+            c, h, w = shape_meta["obs"][k]
+            if c != 3 or h != w:
+                raise ValueError(f"camera '{k}' must be [3, H, H]; got {shape_meta['obs'][k]}.")
+            self.encoders[k] = ImageEncoder(image_size=h, dim=dim, **(image or {}))
+        self.pos = nn.Parameter(torch.zeros(1, n_obs_steps * len(self.keys), dim))
+        nn.init.normal_(self.pos, std=0.02)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_obs_steps * len(self.keys)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """obs: normalized low-dim [B, To, S]; images [B, To, 3, H, W] (uint8 range) -> [B, To*K, D]."""
+        tokens = []
+        for k in self.keys:
+            x = obs[k]
+            if x.shape[1] != self.n_obs_steps:
+                raise ValueError(f"obs '{k}' has {x.shape[1]} steps; the policy expects n_obs_steps={self.n_obs_steps}.")
+            if k in self.cameras:
+                b = x.shape[0]
+                feat = self.encoders[k](rearrange(x, "b t c h w -> (b t) c h w"))
+                tokens.append(rearrange(feat, "(b t) d -> b t d", b=b))
+            else:
+                tokens.append(self.encoders[k](x))
+        return rearrange(torch.stack(tokens, dim=2), "b t k d -> b (t k) d") + self.pos

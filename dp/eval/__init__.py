@@ -1,0 +1,1 @@
+"""Evaluation: rollouts in simulation, metrics, videos, reports."""

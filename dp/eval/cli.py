@@ -1,0 +1,41 @@
+"""`dp-eval checkpoint=PATH n_episodes=50 output_dir=DIR` (see configs/eval.yaml)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dp.collect import CONFIG_DIR
+from dp.train.checkpoint import CheckpointError
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    from dp.eval.evaluate import evaluate_checkpoint
+
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        s = evaluate_checkpoint(**kwargs)
+    except (CheckpointError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    lo, hi = s["wilson95"]
+    print(f"success {s['success_rate']:.1%} over {s['episodes']} episodes (95% CI {lo:.1%}-{hi:.1%}); "
+          f"latency median {s['latency_ms']['median']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms")
+    if len(s["per_task"]) > 1:
+        for task, v in s["per_task"].items():
+            print(f"  {task}: {v['success_rate']:.1%}")
+    print(f"report: {s['report']}")
+    for v in s["videos"]:
+        print(f"video: {v}")
+    print(json.dumps({k: s[k] for k in ("success_rate", "wilson95", "episodes", "latency_ms")}))
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Evaluate a checkpoint in its task: success with Wilson 95% CI, lengths, latency, videos, report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from dp.eval.plots import latency_histogram
+from dp.eval.rollout import eval_seeds, run_episodes, summarize
+from dp.train.checkpoint import load_config, load_policy, resolve
+
+
+def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
+                        n_videos: int = 4, ema: bool = True, device: str = "cpu", seed: int = 0,
+                        sampler: dict | None = None, max_steps: int | None = None, progress: bool = True) -> dict:
+    ckpt = resolve(checkpoint)
+    cfg = load_config(ckpt)
+    out = Path(output_dir) if output_dir else ckpt.parent.parent / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    policy = load_policy(ckpt, ema=ema, device=device)
+    if sampler:
+        policy.set_sampler(sampler["name"], int(sampler["steps"]))
+    policy.generator = torch.Generator(device=device).manual_seed(seed)
+    attrs = cfg.get("dataset_attrs", {}) or {}
+    tasks = attrs.get("tasks") or [cfg["task"]["env"]]
+    env_options = attrs.get("env_options") or {}
+    seeds = eval_seeds(n_episodes)
+    if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
+        raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+    results = [
+        run_episodes(policy, task, seeds, env_options, n_envs=n_envs, max_steps=max_steps, n_videos=n_videos,
+                     video_dir=out / "videos", progress=progress)
+        for task in tasks
+    ]
+    summary = summarize(results)
+    summary.update({
+        "checkpoint": str(ckpt),
+        "task": cfg["task"]["name"],
+        "policy": cfg["policy"]["_target_"].rsplit(".", 1)[-1],
+        "sampler": policy.config.get("sampler"),
+        "seeds": [seeds[0], seeds[-1]],
+        "videos": [v for r in results for v in r["videos"]],
+    })
+    lat = [x * 1000 for r in results for x in r["latency_s"]]
+    summary["latency_histogram"] = str(latency_histogram(lat, out / "latency.png",
+                                                         f"predict_action latency (batch {n_envs})"))
+    (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.md").write_text(report_markdown(summary))
+    summary["report"] = str(out / "report.md")
+    return summary
+
+
+def report_markdown(s: dict) -> str:
+    lo, hi = s["wilson95"]
+    lines = [
+        f"# Evaluation: {s['policy']} on {s['task']}",
+        "",
+        f"- checkpoint: `{s['checkpoint']}`",
+        f"- sampler: {s['sampler']}",
+        f"- success: **{s['success_rate']:.1%}** over {s['episodes']} episodes (Wilson 95% CI {lo:.1%}-{hi:.1%})",
+        f"- predict_action latency (batch {s['latency_ms']['batch']}): median {s['latency_ms']['median']:.1f} ms, "
+        f"p99 {s['latency_ms']['p99']:.1f} ms over {s['latency_ms']['calls']} calls",
+        f"- evaluation seeds {s['seeds'][0]}..{s['seeds'][1]} (disjoint from collection seeds)",
+        "",
+        "| task | success | episodes | Wilson 95% | mean length |",
+        "|---|---|---|---|---|",
+    ]
+    for task, v in s["per_task"].items():
+        lines.append(f"| {task} | {v['success_rate']:.1%} | {v['episodes']} | "
+                     f"{v['wilson95'][0]:.1%}-{v['wilson95'][1]:.1%} | {v['mean_length']:.0f} |")
+    if s.get("videos"):
+        lines += ["", "Videos:"] + [f"- `{v}`" for v in s["videos"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""Training: Trainer, EMA, checkpoints, schedules, distributed."""

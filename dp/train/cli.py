@@ -1,0 +1,34 @@
+"""`dp-train`: hydra entry point around dp.train.trainer.Trainer (see configs/train.yaml)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from dp.collect import CONFIG_DIR
+from dp.data.errors import DatasetError
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    from dp.train.trainer import Trainer
+
+    try:
+        summary = Trainer(cfg).run()
+    except (DatasetError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(130)
+    print(json.dumps(summary))
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

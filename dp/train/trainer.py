@@ -1,0 +1,307 @@
+"""The one Trainer every policy uses (no per-method workspaces).
+
+AdamW (no decay on norms/biases/positions), warmup + cosine, gradient clipping, EMA
+with diffusion_policy's power schedule, optional bf16 autocast and torch.compile,
+device from config, DDP under torchrun, atomic checkpoints with exact resume, wandb
+logging, a tqdm bar, a training-curve PNG and periodic evaluation rollouts.
+
+Exact resume: batch k is a pure function of (seed, k) (see StepBatches), and the torch
+RNG is re-seeded from (seed, rank, k) before every step, so a resumed run computes
+bit-for-bit the losses an uninterrupted run computes.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dp.data import DatasetError, SequenceDataset, collate_batch
+from dp.data.atomic import GracefulInterrupt
+from dp.train.batches import StepBatches
+from dp.train.checkpoint import LATEST, load_train_state, save_checkpoint
+from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
+from dp.train.ema import EMA
+from dp.train.schedule import param_groups, warmup_cosine
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu.")
+    return torch.device(name)
+
+
+def obs_keys_for(task_cfg) -> dict[str, str]:
+    """Batch obs name -> store key for a task config's ``obs`` mode."""
+    obs = task_cfg.get("obs", "state")
+    if obs == "state":
+        return {"state": "state"}
+    if obs == "image":
+        return {"state": "state", "image": "img"}
+    raise ValueError(f"task.obs must be 'state' or 'image', got {obs!r}.")
+
+
+def shape_meta_of(dataset: SequenceDataset) -> dict:
+    data = dataset.buffer.data
+    obs = {}
+    for name, key in dataset.obs_keys.items():
+        shape = list(data[key].shape[1:])
+        obs[name] = [shape[-1], *shape[:-1]] if len(shape) == 3 else shape
+    return {"action": list(data[dataset.action_key].shape[1:]), "obs": obs}
+
+
+def open_dataset(cfg) -> SequenceDataset:
+    path = Path(cfg.task.dataset_path)
+    if not path.exists():
+        obs = cfg.task.get("obs", "state")
+        raise DatasetError(
+            f"No dataset at {path}. Make it with:\n  dp-collect task={cfg.task.name} n_episodes=100 obs={obs} "
+            f"output={path}"
+        )
+    p = cfg.policy
+    return SequenceDataset(
+        path, horizon=p.horizon, n_obs_steps=p.n_obs_steps, n_action_steps=p.n_action_steps,
+        obs_keys=obs_keys_for(cfg.task), val_ratio=cfg.training.val_ratio, seed=cfg.seed,
+        max_train_episodes=cfg.training.get("max_train_episodes"),
+    )
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.dist: DistInfo = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.dist.world > 1:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        if cfg.training.get("num_threads"):
+            torch.set_num_threads(int(cfg.training.num_threads))
+        self.out = Path(cfg.output_dir)
+        self.ckpt_root = self.out / "checkpoints"
+
+        self.dataset = open_dataset(cfg)
+        self.val_dataset = self.dataset.get_validation_dataset() if cfg.training.val_ratio > 0 else None
+        self.shape_meta = shape_meta_of(self.dataset)
+        policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
+        policy_cfg.pop("name", None)
+        policy_cfg["shape_meta"] = self.shape_meta
+        if "sampler" in cfg and cfg.sampler is not None and "sampler" in _init_args(policy_cfg["_target_"]):
+            policy_cfg["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+        self.policy = instantiate(policy_cfg, _convert_="all").to(self.device)
+        self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
+        self.policy.to(self.device)
+        self.ema = EMA(self.policy, **cfg.training.ema) if cfg.training.ema else None
+
+        t = cfg.training
+        self.optimizer = torch.optim.AdamW(param_groups(self.policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+        self.scheduler = warmup_cosine(self.optimizer, t.warmup_steps, t.steps)
+        self.batches = StepBatches(len(self.dataset), t.batch_size, cfg.seed, self.dist.rank, self.dist.world)
+        self.model = self.policy
+        if self.dist.world > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.loss_fn = torch.compile(self.model) if t.get("compile") else self.model
+        self.step = 0
+        self.history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": [], "eval_step": [],
+                        "eval_success": []}
+        self.full_config = self._full_config(policy_cfg)
+        if cfg.resume:
+            self._resume()
+
+    # -------------------------------------------------------------- setup
+    def _full_config(self, policy_cfg: dict) -> dict:
+        cfg = OmegaConf.to_container(self.cfg, resolve=True)
+        cfg["policy"] = policy_cfg
+        cfg["dataset_attrs"] = {k: self.dataset.attrs.get(k) for k in ("task", "tasks", "instructions", "env_options",
+                                                                       "obs", "dp_version")}
+        cfg["collection_seeds_max"] = max(self.dataset.attrs.get("seeds", [0]) or [0])
+        return cfg
+
+    def _resume(self) -> None:
+        if not (self.ckpt_root / LATEST).exists():
+            if self.dist.main:
+                print(f"resume=true but no checkpoint under {self.ckpt_root}; starting from step 0")
+            return
+        weights, ema, state = load_train_state(self.ckpt_root / LATEST)
+        self.policy.load_state_dict(weights)
+        if self.ema is not None and ema is not None:
+            self.ema.model.load_state_dict(ema)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.history = {k: list(v) for k, v in json.loads(state["history"]).items()}
+        if self.dist.main:
+            print(f"resumed from {self.ckpt_root / LATEST} at step {self.step}")
+
+    # -------------------------------------------------------------- steps
+    def _batch(self, idx) -> dict:
+        return to_device(collate_batch(self.dataset.get_batch(idx)), self.device)
+
+    def _autocast(self):
+        if self.cfg.training.get("bf16"):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> float:
+        torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]))
+        self.policy.train()
+        batch = self._batch(self.batches.indices(self.step))
+        with self._autocast():
+            out = self.loss_fn(batch)
+        loss = out["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.training.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.training.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.policy, self.step)
+        value = loss.detach().float().item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {self.step}; lower training.lr or check the data.")
+        return value
+
+    @torch.no_grad()
+    def val_loss(self, max_batches: int = 4) -> float | None:
+        if self.val_dataset is None or len(self.val_dataset) == 0:
+            return None
+        model = self.ema.model if self.ema is not None else self.policy
+        model.eval()
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(self.cfg.seed + 12345)
+        order = np.random.default_rng(0).permutation(len(self.val_dataset))
+        bs = self.cfg.training.batch_size
+        losses = []
+        for i in range(min(max_batches, max(1, len(order) // bs))):
+            batch = to_device(collate_batch(self.val_dataset.get_batch(order[i * bs : (i + 1) * bs])), self.device)
+            with self._autocast():
+                losses.append(model.compute_loss(batch)["loss"].float().item())
+        torch.set_rng_state(rng_state)
+        return float(np.mean(losses))
+
+    def evaluate(self, n_episodes: int) -> dict:
+        from dp.eval.rollout import eval_seeds, run_episodes, summarize
+
+        policy = self.ema.model if self.ema is not None else self.policy
+        results = [
+            run_episodes(policy, task, eval_seeds(n_episodes), self.dataset.attrs.get("env_options"),
+                         n_envs=self.cfg.eval.n_envs, progress=False)
+            for task in self.dataset.attrs.get("tasks", [self.cfg.task.env])
+        ]
+        return summarize(results)
+
+    def save(self) -> Path:
+        state = {"history": json.dumps(self.history)}
+        return save_checkpoint(self.ckpt_root, self.step, self.policy, self.ema.model if self.ema else None,
+                               self.optimizer, self.scheduler, self.full_config, state, self.cfg.training.keep_checkpoints)
+
+    # -------------------------------------------------------------- loop
+    def run(self) -> dict:
+        cfg, t = self.cfg, self.cfg.training
+        main = self.dist.main
+        run = self._init_wandb() if main else None
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            print(f"policy {self.policy.config['_target_'].rsplit('.', 1)[-1]}: "
+                  f"{self.policy.num_parameters() / 1e6:.2f}M parameters; {len(self.dataset)} training windows; "
+                  f"device {self.device}; {self.dist.world} process(es)")
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (main and cfg.progress))
+        t0, start_step, recent = time.perf_counter(), self.step, []
+        with GracefulInterrupt() as interrupt:
+            while self.step < t.steps:
+                loss = self.train_step()
+                recent.append(loss)
+                if self.step % t.log_every == 0 or self.step == t.steps:
+                    mean_loss = mean_across(float(np.mean(recent)), self.dist)
+                    recent = []
+                    lr = self.scheduler.get_last_lr()[0]
+                    self.history["step"].append(self.step)
+                    self.history["loss"].append(mean_loss)
+                    self.history["lr"].append(lr)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.1e}")
+                    if run is not None:
+                        run.log({"train/loss": mean_loss, "train/lr": lr}, step=self.step)
+                if main and t.val_every and self.step % t.val_every == 0:
+                    v = self.val_loss()
+                    if v is not None:
+                        self.history["val_step"].append(self.step)
+                        self.history["val_loss"].append(v)
+                        if run is not None:
+                            run.log({"val/loss": v}, step=self.step)
+                if main and cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < t.steps:
+                    res = self.evaluate(cfg.eval.n_episodes_periodic)
+                    self.history["eval_step"].append(self.step)
+                    self.history["eval_success"].append(res["success_rate"])
+                    bar.write(f"step {self.step}: eval success {res['success_rate']:.0%} "
+                              f"({res['episodes']} episodes)")
+                    if run is not None:
+                        run.log({"eval/success_rate": res["success_rate"]}, step=self.step)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    if main:
+                        self.save()
+                    barrier(self.dist)
+                bar.update(1)
+                if interrupt.received is not None:
+                    if main:
+                        path = self.save()
+                        bar.write(f"interrupted: saved {path}; continue with resume=true")
+                    bar.close()
+                    shutdown(self.dist)
+                    raise KeyboardInterrupt("training interrupted; checkpoint saved")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        summary = {"steps": self.step, "seconds": seconds,
+                   "steps_per_s": (self.step - start_step) / max(seconds, 1e-9),
+                   "final_loss": self.history["loss"][-1] if self.history["loss"] else None}
+        if main:
+            path = self.save()
+            from dp.eval.plots import training_curve
+
+            training_curve(self.history, self.out / "training_curve.png",
+                           f"{cfg.task.name} / {self.policy.config['_target_'].rsplit('.', 1)[-1]}")
+            (self.out / "history.json").write_text(json.dumps(self.history))
+            summary["checkpoint"] = str(path)
+            summary["training_curve"] = str(self.out / "training_curve.png")
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            if run is not None:
+                run.finish()
+        shutdown(self.dist)
+        return summary
+
+    def _init_wandb(self):
+        mode = self.cfg.logging.mode
+        if mode == "disabled":
+            return None
+        import wandb
+
+        return wandb.init(project=self.cfg.logging.project, mode=mode, dir=str(self.out), config=self.full_config,
+                          name=self.out.name, resume="allow", id=self.cfg.logging.get("run_id") or None)
+
+
+def _init_args(target: str) -> set[str]:
+    import importlib
+    import inspect
+
+    module, name = target.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module), name)
+    return set(inspect.signature(cls.__init__).parameters)
