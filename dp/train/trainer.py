@@ -262,12 +262,11 @@ class Trainer:
                     barrier(self.dist)
                 bar.update(1)
                 if interrupt.received is not None:
-                    if main:
-                        path = self.save()
-                        bar.write(f"interrupted: saved {path}; continue with resume=true")
+                    path = self.save() if main else self.ckpt_root / LATEST
                     bar.close()
                     shutdown(self.dist)
-                    raise KeyboardInterrupt("training interrupted; checkpoint saved")
+                    raise KeyboardInterrupt(f"training interrupted at step {self.step}; saved {path}; "
+                                            "continue with resume=true")
         bar.close()
         seconds = time.perf_counter() - t0
         summary = {"steps": self.step, "seconds": seconds,
