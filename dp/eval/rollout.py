@@ -66,6 +66,7 @@ def run_episodes(
         env_list = [envs.make(task, **env_options) for _ in batch_seeds]
         instruction = getattr(env_list[0].unwrapped, "instruction", "")
         hist, done, success, length = [], [False] * len(env_list), [False] * len(env_list), [0] * len(env_list)
+        last_info: list[dict] = [{} for _ in env_list]
         record = [lo + i < n_videos for i in range(len(env_list))]
         frames = [[] for _ in env_list]
         for env, seed, rec, fr in zip(env_list, batch_seeds, record, frames):
@@ -87,6 +88,7 @@ def run_episodes(
                 for a in chunk[j]:
                     obs_i, _, terminated, truncated, info = env_list[i].step(a)
                     hist[i].append(obs_i)
+                    last_info[i] = info
                     length[i] += 1
                     if record[i]:
                         frames[i].append(env_list[i].render())
@@ -96,7 +98,8 @@ def run_episodes(
                         done[i] = True
                         break
         for i, env in enumerate(env_list):
-            episodes.append({"seed": batch_seeds[i], "success": bool(success[i]), "length": length[i]})
+            scalars = {k: v for k, v in last_info[i].items() if isinstance(v, (bool, int, float, str, np.number))}
+            episodes.append({**scalars, "seed": batch_seeds[i], "success": bool(success[i]), "length": length[i]})
             if record[i]:
                 frames_out.append((batch_seeds[i], success[i], frames[i]))
             env.close()
