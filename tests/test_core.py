@@ -82,3 +82,21 @@ def test_bad_shapes_and_options():
         DiT(dim=32, depth=1, heads=4, cond_mode="concat")
     with pytest.raises(ValueError, match="norm must be one of"):
         DiT(dim=32, depth=1, heads=4, norm="batch")
+
+
+def test_prepared_level_terms_equal_direct_computation():
+    torch.manual_seed(3)
+    for context in (None, torch.randn(2, 32)):
+        dit = DiT(dim=32, depth=2, heads=4)
+        _randomize_zero_inits(dit)
+        x, cond = torch.randn(2, 6, 32), torch.randn(2, 3, 32)
+        levels = torch.tensor([1.0, 0.7, 0.3, 0.0])
+        direct = [dit(x, torch.full((2, 6), float(v)), cache=dit.encode_condition(cond, context)) for v in levels]
+        cache = dit.encode_condition(cond, context)
+        dit.prepare_levels(cache, levels)
+        assert len(cache.level_terms) == 4
+        for v, ref in zip(levels, direct):
+            torch.testing.assert_close(dit(x, torch.full((2, 6), float(v)), cache=cache), ref, atol=1e-5, rtol=1e-5)
+        # a level that was not prepared falls back to direct computation
+        ref = dit(x, torch.full((2, 6), 0.5), cache=dit.encode_condition(cond, context))
+        torch.testing.assert_close(dit(x, torch.full((2, 6), 0.5), cache=cache), ref)

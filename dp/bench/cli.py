@@ -4,7 +4,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHMARKS = {"dataset": "dp.bench.dataset"}
+BENCHMARKS = {
+    "dataset": "dp.bench.dataset",
+    "latency": "dp.bench.latency",
+    "train_step": "dp.bench.train_step",
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,12 +51,24 @@ class ConditionCache:
     prefix_kv: list[KV | None] = field(default_factory=list)
     cross_kv: list[KV | None] = field(default_factory=list)
     context: torch.Tensor | None = None  # [B, D]
+    # level value -> (level_emb, per-block adaLN outputs, final adaLN output), each [B or 1, 1, *]
+    level_terms: dict[float, tuple] = field(default_factory=dict)
 
     def repeat(self, n: int) -> "ConditionCache":
         """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples)."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
         kv = lambda p: None if p is None else (rep(p[0]), rep(p[1]))  # noqa: E731
         return ConditionCache([kv(p) for p in self.prefix_kv], [kv(p) for p in self.cross_kv], rep(self.context))
+
+    def level_terms_for(self, level: torch.Tensor):
+        """Precomputed terms when every token of every sample sits at one stored level, else None."""
+        if not self.level_terms:
+            return None
+        v = float(level.reshape(-1)[0])
+        terms = self.level_terms.get(v)
+        if terms is None or not bool((level == v).all()):
+            return None
+        return terms
 
 
 class DiTBlock(nn.Module):
@@ -77,9 +89,13 @@ class DiTBlock(nn.Module):
             nn.init.zeros_(self.cross.proj.weight)
             nn.init.zeros_(self.cross.proj.bias)
 
-    def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None):
-        """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x)."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
+    def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None,
+                ada_out: torch.Tensor | None = None):
+        """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x).
+
+        ``ada_out`` is ``self.ada(c)`` when the caller precomputed it."""
+        ada_out = self.ada(c) if ada_out is None else ada_out
+        shift1, scale1, gate1, shift2, scale2, gate2 = ada_out.chunk(6, dim=-1)
         h, kv = self.attn(modulate(self.norm1(x), shift1, scale1), prefix_kv, mask)
         x = x + gate1 * h
         if self.cross is not None:
@@ -176,11 +192,36 @@ class DiT(nn.Module):
             cache = self.encode_condition(cond, context)
         if self.cond_mode != "prefix" and cache.cross_kv and cache.cross_kv[0] is None:
             raise ValueError(f"cond_mode {self.cond_mode!r} needs condition tokens; got none.")
-        if level.shape[1] > 1 and bool((level == level[:, :1]).all()):
-            level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
-        level_emb = self.level_emb(level)
-        c = level_emb if cache.context is None else level_emb + cache.context[:, None]
-        for block, pkv, ckv in zip(self.blocks, cache.prefix_kv, cache.cross_kv):
-            x, _ = block(x, c, level_emb, pkv, ckv)
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        terms = cache.level_terms_for(level)
+        if terms is None:
+            if level.shape[1] > 1 and bool((level == level[:, :1]).all()):
+                level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
+            level_emb, c = self._level_embedding(level, cache.context)
+            ada_outs, final_out = [None] * self.depth, self.final_ada(c)
+        else:
+            level_emb, ada_outs, final_out = terms
+            c = None
+        for block, pkv, ckv, ada in zip(self.blocks, cache.prefix_kv, cache.cross_kv, ada_outs):
+            x, _ = block(x, c, level_emb, pkv, ckv, ada_out=ada)
+        shift, scale = final_out.chunk(2, dim=-1)
         return modulate(self.final_norm(x), shift, scale)
+
+    def _level_embedding(self, level: torch.Tensor, context: torch.Tensor | None):
+        level_emb = self.level_emb(level)
+        return level_emb, (level_emb if context is None else level_emb + context[:, None])
+
+    def prepare_levels(self, cache: ConditionCache, levels: torch.Tensor) -> None:
+        """Compute every level-only term (level embedding, adaLN projections) for the levels a
+        sampler will visit, in one batched pass per layer, and store them in ``cache``.
+
+        Weights are read once per prediction instead of once per denoising step, which is
+        what bounds batch-1 latency on a CPU. levels: [S] values in [0, 1]."""
+        values = sorted({float(v) for v in levels.reshape(-1).tolist()})
+        lv = torch.tensor(values, device=levels.device)[None, :]  # [1, S]
+        context = cache.context
+        level_emb, c = self._level_embedding(lv, context)  # [1 or B, S, D]
+        ada = [blk.ada(c) for blk in self.blocks]
+        final = self.final_ada(c)
+        for i, v in enumerate(values):
+            pick = slice(i, i + 1)
+            cache.level_terms[v] = (level_emb[:, pick], [a[:, pick] for a in ada], final[:, pick])

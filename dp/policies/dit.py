@@ -103,6 +103,7 @@ class DiTPolicy(Policy):
         cache = self.encode_obs(obs)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         x = self.process.prior((b, self.horizon, self.action_dim), device=self.device, generator=self.generator)
+        self.dit.prepare_levels(cache, self.sampler.levels(self.process, self.device))
 
         def denoise(x_t, level):
             return self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)

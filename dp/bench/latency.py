@@ -1,0 +1,75 @@
+"""predict_action latency at batch 1: median and p99 over 200 calls, per policy x sampler x steps.
+
+Policies are built at Meta-World push shapes (state 39, action 4) with default configs;
+weights are freshly initialised, which does not change the arithmetic, so the timing
+is that of a trained policy of the same config.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from dp.bench.common import write_result
+from dp.data import Normalizer
+from dp.policies import DiTPolicy, MLPBCPolicy
+
+SHAPE_META = {"action": [4], "obs": {"state": [39]}}
+CASES = [
+    ("dit", {}, "ddim", 10),
+    ("dit", {}, "ddim", 4),
+    ("dit", {}, "ddim", 2),
+    ("dit", {}, "dpm_solver_pp", 10),
+    ("dit", {}, "dpm_solver_pp", 4),
+    ("dit", {}, "ddpm", 100),
+    ("dit", {"process": {"schedule": "flow", "prediction": "velocity"}}, "euler", 4),
+    ("dit", {"process": {"schedule": "edm", "prediction": "edm"}}, "heun", 5),
+    ("mlp_bc", {}, None, None),
+]
+
+
+def _policy(name: str, overrides: dict):
+    cls = {"dit": DiTPolicy, "mlp_bc": MLPBCPolicy}[name]
+    policy = cls(SHAPE_META, **overrides)
+    rng = np.random.default_rng(0)
+    policy.set_normalizer(Normalizer.fit({"action": rng.normal(size=(100, 4)), "state": rng.normal(size=(100, 39))}))
+    return policy.eval()
+
+
+def measure(policy, calls: int = 200, warmup: int = 10) -> dict:
+    obs = {"state": torch.randn(1, policy.n_obs_steps, 39)}
+    for _ in range(warmup):
+        policy.predict_action(obs)
+    samples = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        policy.predict_action(obs)
+        samples.append(time.perf_counter() - t0)
+    ms = np.asarray(samples) * 1000
+    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "calls": calls}
+
+
+def run(calls: int = 200) -> list[dict]:
+    rows = []
+    for name, overrides, sampler, steps in CASES:
+        policy = _policy(name, overrides)
+        if sampler is not None:
+            policy.set_sampler(sampler, steps)
+        row = {"policy": name, "process": policy.config.get("process", {}).get("schedule", "-") if overrides else
+               ("vp_cosine" if name == "dit" else "-"), "sampler": sampler or "-", "steps": steps or "-",
+               "params_M": policy.num_parameters() / 1e6, "network_calls": policy.sampler.network_calls()
+               if sampler else 1}
+        row.update(measure(policy, calls))
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    rows = run()
+    write_result("latency", rows, ["policy", "process", "sampler", "steps", "params_M", "median_ms", "p99_ms"],
+                 {"batch": 1, "threads": torch.get_num_threads()})
+
+
+if __name__ == "__main__":
+    main()
