@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from dp.data import Normalizer
+from dp.policies import DiTPolicy, MLPBCPolicy, Policy
+from dp.train.trainer import Trainer
+from train_helpers import TINY_DIT, toy_dataset, train_cfg
+
+META = {"action": [2], "obs": {"state": [4]}}
+
+
+def _fitted(policy):
+    rng = np.random.default_rng(0)
+    policy.set_normalizer(Normalizer.fit({"action": rng.uniform(-3, 5, (200, 2)), "state": rng.normal(size=(200, 4))}))
+    return policy.eval()
+
+
+def test_condition_is_encoded_once_per_prediction(monkeypatch):
+    policy = _fitted(DiTPolicy(META, dim=32, depth=2, heads=2, sampler={"name": "ddim", "steps": 7}))
+    calls = {"encode": 0, "obs": 0, "dit": 0}
+    enc, obs_fwd, dit_fwd = policy.dit.encode_condition, policy.obs_encoder.forward, policy.dit.forward
+    monkeypatch.setattr(policy.dit, "encode_condition", lambda *a, **k: calls.__setitem__("encode", calls["encode"] + 1) or enc(*a, **k))
+    monkeypatch.setattr(policy.obs_encoder, "forward", lambda *a, **k: calls.__setitem__("obs", calls["obs"] + 1) or obs_fwd(*a, **k))
+    monkeypatch.setattr(policy.dit, "forward", lambda *a, **k: calls.__setitem__("dit", calls["dit"] + 1) or dit_fwd(*a, **k))
+    policy.predict_action({"state": torch.zeros(3, 2, 4)})
+    assert calls == {"encode": 1, "obs": 1, "dit": 7}
+
+
+def test_select_action_pops_a_queue_of_executed_actions():
+    policy = _fitted(DiTPolicy(META, dim=32, depth=2, heads=2, horizon=8, n_obs_steps=2, n_action_steps=3))
+    policy.generator = torch.Generator().manual_seed(0)
+    obs = {"state": torch.zeros(1, 2, 4)}
+    first = [policy.select_action(obs) for _ in range(3)]
+    policy.generator = torch.Generator().manual_seed(0)
+    chunk = policy.predict_action(obs)
+    torch.testing.assert_close(torch.stack(first, 1), chunk[:, 1:4])  # action[To-1 : To-1+Ta]
+    policy.reset()
+    assert not policy._queue
+
+
+@pytest.mark.parametrize("cls", [DiTPolicy, MLPBCPolicy])
+def test_predict_returns_env_units_and_rejects_wrong_shapes(cls):
+    policy = _fitted(cls(META, **({"dim": 32, "depth": 1, "heads": 2} if cls is DiTPolicy else {"dim": 16})))
+    a = policy.predict_action({"state": np.zeros((2, 2, 4), dtype=np.float32)})
+    assert a.shape == (2, 16, 2)
+    assert (a >= -3.2).all() and (a <= 5.2).all()  # unnormalized to the action range [-3, 5]
+    with pytest.raises(ValueError, match="n_obs_steps=2"):
+        policy.predict_action({"state": torch.zeros(2, 3, 4)})
+    with pytest.raises(ValueError, match="expects last dim 4"):
+        policy.predict_action({"state": torch.zeros(2, 2, 5)})
+
+
+def test_image_policy_trains_and_predicts(tmp_path):
+    data = toy_dataset(tmp_path, n_episodes=6, obs="image")
+    cfg = train_cfg(data, tmp_path / "img", *TINY_DIT, "task.obs=image", "policy.image_encoder.crop=28",
+                    "policy.image_encoder.width=8", "training.steps=4", "training.batch_size=8")
+    Trainer(cfg).run()
+    policy = Policy.from_checkpoint(tmp_path / "img")
+    assert policy.obs_encoder.cameras == ["image"]
+    obs = {"state": torch.zeros(2, 2, 4), "image": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}
+    assert policy.predict_action(obs).shape == (2, 8, 2)
+
+
+def test_sampler_and_process_options_from_config(tmp_path):
+    data = toy_dataset(tmp_path)
+    for proc, sampler in ((["policy.process.schedule=flow", "policy.process.prediction=velocity"], "euler"),
+                          (["policy.process.schedule=edm", "policy.process.prediction=edm", "~policy.process.clip_x0"], "heun")):
+        cfg = train_cfg(data, tmp_path / sampler, *TINY_DIT, *proc, f"sampler={sampler}", "training.steps=3")
+        Trainer(cfg).run()
+        policy = Policy.from_checkpoint(tmp_path / sampler)
+        assert policy.sampler.name == sampler and policy.process.schedule == proc[0].split("=")[1]
+        assert torch.isfinite(policy.predict_action({"state": torch.zeros(1, 2, 4)})).all()
