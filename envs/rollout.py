@@ -70,17 +70,26 @@ def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m envs.rollout TASK [TASK ...] --episodes 50`: print expert success as JSON lines."""
+    """`python -m envs.rollout TASK [TASK ...] --episodes 50 [--option robot=Sawyer]`: expert success as JSON lines."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("tasks", nargs="+", help="task names or sets (mt10, mt50)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="env option passed to envs.make (repeatable), e.g. robot=Sawyer")
     args = parser.parse_args(argv)
     import envs
 
+    options = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--option expects KEY=VALUE, got {item!r}")
+        options[key] = value
     for name in args.tasks:
         for task in envs.task_set(name):
-            print(json.dumps(expert_success_rate(task, args.episodes, args.first_seed)), flush=True)
+            row = expert_success_rate(task, args.episodes, args.first_seed, **options)
+            print(json.dumps({**row, **options}), flush=True)
 
 
 if __name__ == "__main__":
