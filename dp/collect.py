@@ -76,6 +76,8 @@ def collect(cfg: DictConfig | dict) -> dict:
                 if not (ep.success or cfg.keep_failed):
                     continue
                 episode = {"state": ep.obs["state"].astype(np.float32), "action": ep.action}
+                if "agent_pos" in ep.obs:  # proprioception, what image policies read besides cameras
+                    episode["agent_pos"] = ep.obs["agent_pos"].astype(np.float32)
                 if "image" in ep.obs:
                     episode["img"] = ep.obs["image"].astype(np.uint8)
                 if multi:

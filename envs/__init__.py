@@ -6,8 +6,10 @@
     envs.task_set("mt10")                         # ["mw_reach", ...]
 
 Conventions every task follows (tests check them):
-- observations are dicts: ``state`` float32 [S]; ``image`` uint8 [H, W, 3] when
-  ``obs="image"`` (image mode keeps ``state`` too);
+- observations are dicts: ``state`` float32 [S] (everything, objects included);
+  ``agent_pos`` float32 [P], the first P numbers of ``state``: the robot's own pose and
+  gripper (``env.unwrapped.proprio_dims`` = P), what an image policy reads besides its
+  camera; ``image`` uint8 [H, W, 3] when ``obs="image"``;
 - ``info["is_success"]`` is a bool on every step; the episode terminates on success;
 - ``env.unwrapped.instruction`` (and ``info["instruction"]`` from reset) is an English
   sentence describing the task;

@@ -202,7 +202,9 @@ class MetaWorldEnv(gym.Env):
         if camera not in cameras:
             raise ValueError(f"camera must be one of {cameras}, got {camera!r}.")
 
+        self.proprio_dims = 4  # hand xyz + gripper opening: the first 4 numbers of state
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32)}
+        obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":
             obs_spaces["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -260,6 +262,7 @@ class MetaWorldEnv(gym.Env):
     # -- gym API -----------------------------------------------------------------------
     def _obs(self, state: np.ndarray) -> dict[str, np.ndarray]:
         out = {"state": np.asarray(state, dtype=np.float32)}
+        out["agent_pos"] = out["state"][: self.proprio_dims].copy()
         if self.obs_mode == "image":
             out["image"] = self._frame(self.image_size)
         return out

@@ -85,7 +85,9 @@ class PushTDictEnv(gym.Env):
             visualization_width=self.render_size,
             visualization_height=self.render_size,
         )
+        self.proprio_dims = 2  # the agent disc x, y (diffusion_policy's agent_pos)
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(5,), dtype=np.float32)}
+        obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":
             obs_spaces["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -94,6 +96,7 @@ class PushTDictEnv(gym.Env):
 
     def _obs(self, state: np.ndarray) -> dict[str, np.ndarray]:
         out = {"state": np.asarray(state, dtype=np.float32)}
+        out["agent_pos"] = out["state"][: self.proprio_dims].copy()
         if self.obs_mode == "image":
             out["image"] = np.ascontiguousarray(self._env._render(visualize=False), dtype=np.uint8)
         return out

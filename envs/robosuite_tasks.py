@@ -249,7 +249,10 @@ class RobosuiteEnv(gym.Env):
         self.state_dim = start
         assert sum(n for k, n in self.state_keys[3 * self.n_arms :]) == OBJECT_DIMS[name], self.state_keys
 
+        # the robots' own eef pose and gripper joints: the first 3 state keys per arm
+        self.proprio_dims = sum(n for _, n in self.state_keys[: 3 * self.n_arms])
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(self.state_dim,), dtype=np.float32)}
+        obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":
             obs_spaces["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -309,6 +312,7 @@ class RobosuiteEnv(gym.Env):
     def _obs(self, raw: dict) -> dict[str, np.ndarray]:
         state = np.concatenate([np.asarray(raw[k], dtype=np.float64).reshape(-1) for k, _ in self.state_keys])
         out = {"state": state.astype(np.float32)}
+        out["agent_pos"] = out["state"][: self.proprio_dims].copy()
         if self.obs_mode == "image":
             out["image"] = self._frame(self.image_size)
         return out

@@ -45,7 +45,9 @@ class ToyEnv(gym.Env):
         self.instruction = INSTRUCTION
         self.render_mode = "rgb_array"
         state_space = spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float32)
+        self.proprio_dims = 2  # the point's own position
         obs_spaces = {"state": state_space}
+        obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":
             obs_spaces["image"] = spaces.Box(0, 255, shape=(self.image_size, self.image_size, 3), dtype=np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -56,6 +58,7 @@ class ToyEnv(gym.Env):
 
     def _obs(self) -> dict[str, np.ndarray]:
         out = {"state": np.concatenate([self.pos, GOAL]).astype(np.float32)}
+        out["agent_pos"] = out["state"][: self.proprio_dims].copy()
         if self.obs_mode == "image":
             out["image"] = self.render(self.image_size)
         return out

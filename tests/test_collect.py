@@ -46,8 +46,10 @@ def test_collect_toy_state_and_image(tmp_path):
     assert max(attrs["seeds"]) < EVAL_SEED_BASE
 
     collect(_cfg(tmp_path, obs="image", image_size=32, output=str(tmp_path / "img.zarr")))
-    img = ReplayBuffer.open(tmp_path / "img.zarr")["img"]
+    img_buf = ReplayBuffer.open(tmp_path / "img.zarr")
+    img = img_buf["img"]
     assert img.shape[1:] == (32, 32, 3) and img.dtype == np.uint8 and img.chunks[0] == 1
+    np.testing.assert_array_equal(img_buf["agent_pos"][:], img_buf["state"][:, :2])
 
 
 def test_collect_is_repeatable_and_refuses_to_overwrite(tmp_path):

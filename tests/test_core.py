@@ -100,3 +100,35 @@ def test_prepared_level_terms_equal_direct_computation():
         # a level that was not prepared falls back to direct computation
         ref = dit(x, torch.full((2, 6), 0.5), cache=dit.encode_condition(cond, context))
         torch.testing.assert_close(dit(x, torch.full((2, 6), 0.5), cache=cache), ref)
+        # levels given to encode_condition: level-0 terms for the prefix come from the same batched pass
+        joint = dit.encode_condition(cond, context, levels=levels[:3])
+        assert 0.0 in joint.level_terms
+        for kv_joint, kv_ref in zip(joint.prefix_kv, cache.prefix_kv):
+            torch.testing.assert_close(kv_joint, kv_ref, atol=1e-6, rtol=1e-5)
+        for v, ref in zip(levels, direct):
+            torch.testing.assert_close(dit(x, torch.full((2, 6), float(v)), cache=joint), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_action_patches_group_consecutive_actions():
+    from dp.core import ActionHead, ActionTokenizer
+
+    torch.manual_seed(4)
+    tok, head = ActionTokenizer(3, 32, horizon=8, patch=4), ActionHead(32, 3, patch=4)
+    torch.nn.init.normal_(head.proj.weight)
+    actions = torch.randn(2, 8, 3)
+    tokens = tok(actions)
+    assert tokens.shape == (2, 2, 32)
+    # token j sees exactly actions 4j..4j+3
+    bumped = actions.clone()
+    bumped[:, 5] += 1.0
+    diff = (tok(bumped) - tokens).abs().sum(-1)
+    assert diff[:, 0].max() == 0 and diff[:, 1].min() > 0
+    # and the head writes token j back to actions 4j..4j+3
+    out = head(tokens)
+    assert out.shape == (2, 8, 3)
+    moved = tokens.clone()
+    moved[:, 0] += 1.0
+    delta = (head(moved) - out).abs().sum(-1)
+    assert delta[:, :4].min() > 0 and delta[:, 4:].max() == 0
+    with pytest.raises(ValueError, match="must divide the horizon"):
+        ActionTokenizer(3, 32, horizon=8, patch=3)

@@ -58,7 +58,8 @@ def test_image_policy_trains_and_predicts(tmp_path):
     Trainer(cfg).run()
     policy = Policy.from_checkpoint(tmp_path / "img")
     assert policy.obs_encoder.cameras == ["image"]
-    obs = {"state": torch.zeros(2, 2, 4), "image": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}
+    assert sorted(policy.obs_encoder.keys) == ["agent_pos", "image"]  # not the full state: it holds the objects
+    obs = {"agent_pos": torch.zeros(2, 2, 2), "image": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}
     assert policy.predict_action(obs).shape == (2, 8, 2)
 
 
@@ -71,3 +72,11 @@ def test_sampler_and_process_options_from_config(tmp_path):
         policy = Policy.from_checkpoint(tmp_path / sampler)
         assert policy.sampler.name == sampler and policy.process.schedule == proc[0].split("=")[1]
         assert torch.isfinite(policy.predict_action({"state": torch.zeros(1, 2, 4)})).all()
+
+
+def test_action_patch_policy_trains_and_round_trips(tmp_path):
+    data = toy_dataset(tmp_path)
+    Trainer(train_cfg(data, tmp_path / "patch", *TINY_DIT, "policy.action_patch=4", "training.steps=3")).run()
+    policy = Policy.from_checkpoint(tmp_path / "patch")
+    assert policy.tokenizer.pos.shape[1] == policy.horizon // 4
+    assert policy.predict_action({"state": torch.zeros(3, 2, 4)}).shape == (3, policy.horizon, 2)

@@ -15,13 +15,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="dp-bench", description=__doc__)
     parser.add_argument("names", nargs="*",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu | cuda[:N]: where latency and train_step run; results on CUDA are "
+                             "written as <name>_cuda.json beside the CPU ones")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     for name in names:
-        importlib.import_module(BENCHMARKS[name]).main()
+        importlib.import_module(BENCHMARKS[name]).main(device=args.device)
 
 
 if __name__ == "__main__":

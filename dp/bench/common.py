@@ -13,7 +13,7 @@ from pathlib import Path
 RESULTS_DIR = Path(os.environ.get("DP_BENCH_RESULTS", Path(__file__).resolve().parents[2] / "bench" / "results"))
 
 
-def machine_info() -> dict:
+def machine_info(device: str = "cpu") -> dict:
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -30,7 +30,7 @@ def machine_info() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "device": torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else "cpu",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -47,10 +47,24 @@ def median_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> 
     return statistics.median(samples), samples
 
 
-def write_result(name: str, rows: list[dict], columns: list[str], extra: dict | None = None) -> Path:
+def result_name(name: str, device: str) -> str:
+    """Results measured on CUDA live beside the CPU ones: latency.json, latency_cuda.json."""
+    return name if device == "cpu" else f"{name}_cuda"
+
+
+def sync(device: str) -> None:
+    """Wait for queued GPU work, so a timer around it measures the work."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(torch.device(device))
+
+
+def write_result(name: str, rows: list[dict], columns: list[str], extra: dict | None = None,
+                 device: str = "cpu") -> Path:
     """bench/results/<name>.json (rows + machine) and <name>.md (a table)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    machine = machine_info()
+    machine = machine_info(device)
     payload = {"name": name, "machine": machine, "rows": rows, **(extra or {})}
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")

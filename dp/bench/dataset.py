@@ -97,7 +97,8 @@ def run(repeats: int = 5) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main(device: str = "cpu") -> None:
+    """Data loading runs on the CPU whatever ``device`` is."""
     rows = run()
     write_result("dataset_windows", rows, ["dataset", "method", "windows_per_s", "speedup_vs_reference"],
                  {"horizon": HORIZON, "n_obs_steps": TO, "n_action_steps": TA,

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from dp.bench.common import write_result
+from dp.bench.common import result_name, sync, write_result
 from dp.data import Normalizer
 from dp.policies import DiTPolicy, MLPBCPolicy
 
@@ -27,6 +27,9 @@ CASES = [
     ("dit", {"process": {"schedule": "edm", "prediction": "edm"}}, "heun", 5),
     ("mlp_bc", {}, None, None),
 ]
+# (policy, sampler, steps, torch.compile kwargs): the per-step blocks compiled (DiT.compile_blocks)
+COMPILED_CASES = [("dit", "ddim", 10, {"dynamic": False})]
+CUDA_COMPILED_CASES = [("dit", "ddim", 10, {"dynamic": False}), ("dit", "ddim", 10, {"mode": "reduce-overhead"})]
 
 
 def _policy(name: str, overrides: dict):
@@ -37,7 +40,8 @@ def _policy(name: str, overrides: dict):
     return policy.eval()
 
 
-def measure(policy, calls: int = 200, warmup: int = 10) -> dict:
+def measure(policy, calls: int = 200, warmup: int = 10, device: str = "cpu") -> dict:
+    """Wall time of predict_action on one observation (CPU tensors in, as a control loop has them)."""
     obs = {"state": torch.randn(1, policy.n_obs_steps, 39)}
     for _ in range(warmup):
         policy.predict_action(obs)
@@ -45,30 +49,41 @@ def measure(policy, calls: int = 200, warmup: int = 10) -> dict:
     for _ in range(calls):
         t0 = time.perf_counter()
         policy.predict_action(obs)
+        sync(device)
         samples.append(time.perf_counter() - t0)
     ms = np.asarray(samples) * 1000
     return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "calls": calls}
 
 
-def run(calls: int = 200) -> list[dict]:
+def run(calls: int = 200, device: str = "cpu") -> list[dict]:
     rows = []
     for name, overrides, sampler, steps in CASES:
-        policy = _policy(name, overrides)
+        policy = _policy(name, overrides).to(device)
         if sampler is not None:
             policy.set_sampler(sampler, steps)
         row = {"policy": name, "process": policy.config.get("process", {}).get("schedule", "-") if overrides else
                ("vp_cosine" if name == "dit" else "-"), "sampler": sampler or "-", "steps": steps or "-",
                "params_M": policy.num_parameters() / 1e6, "network_calls": policy.sampler.network_calls()
                if sampler else 1}
-        row.update(measure(policy, calls))
+        row.update(measure(policy, calls, device=device))
+        rows.append(row)
+    for name, sampler, steps, kwargs in CUDA_COMPILED_CASES if device.startswith("cuda") else COMPILED_CASES:
+        policy = _policy(name, {}).to(device)
+        policy.set_sampler(sampler, steps)
+        policy.dit.compile_blocks(**kwargs)
+        row = {"policy": f"{name} compiled {kwargs.get('mode', 'default')}", "process": "vp_cosine",
+               "sampler": sampler, "steps": steps, "params_M": policy.num_parameters() / 1e6,
+               "network_calls": policy.sampler.network_calls()}
+        row.update(measure(policy, calls, warmup=20, device=device))
         rows.append(row)
     return rows
 
 
-def main() -> None:
-    rows = run()
-    write_result("latency", rows, ["policy", "process", "sampler", "steps", "params_M", "median_ms", "p99_ms"],
-                 {"batch": 1, "threads": torch.get_num_threads()})
+def main(device: str = "cpu") -> None:
+    rows = run(device=device)
+    write_result(result_name("latency", device), rows,
+                 ["policy", "process", "sampler", "steps", "params_M", "median_ms", "p99_ms"],
+                 {"batch": 1, "threads": torch.get_num_threads()}, device=device)
 
 
 if __name__ == "__main__":

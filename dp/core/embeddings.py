@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+from einops import rearrange
 from torch import nn
 
 LEVEL_SCALE = 1000.0
@@ -38,29 +39,38 @@ class LevelEmbedding(nn.Module):
 
 
 class ActionTokenizer(nn.Module):
-    """Action chunk -> tokens with learned positions: [B, H, A] -> [B, H, D]."""
+    """Action chunk -> tokens with learned positions: [B, H, A] -> [B, H/p, D].
 
-    def __init__(self, action_dim: int, dim: int, horizon: int):
+    ``patch`` p groups p consecutive actions into one token (as image patches group pixels).
+    p = 1 is one token per action. Larger p gives the denoiser p times fewer tokens per
+    step, and at batch 1 on a CPU that is most of its cost."""
+
+    def __init__(self, action_dim: int, dim: int, horizon: int, patch: int = 1):
         super().__init__()
-        self.proj = nn.Linear(action_dim, dim)
-        self.pos = nn.Parameter(torch.zeros(1, horizon, dim))
+        if patch < 1 or horizon % patch:
+            raise ValueError(f"action patch must divide the horizon {horizon}; got {patch}.")
+        self.patch = patch
+        self.proj = nn.Linear(action_dim * patch, dim)
+        self.pos = nn.Parameter(torch.zeros(1, horizon // patch, dim))
         nn.init.normal_(self.pos, std=0.02)
 
     def forward(self, actions: torch.Tensor) -> torch.Tensor:
-        return self.proj(actions) + self.pos[:, : actions.shape[1]]
+        tokens = rearrange(actions, "b (n p) a -> b n (p a)", p=self.patch)
+        return self.proj(tokens) + self.pos[:, : tokens.shape[1]]
 
 
 class ActionHead(nn.Module):
-    """Tokens -> per-step prediction: [B, H, D] -> [B, H, A]. Zero-initialised (DiT's final layer)."""
+    """Tokens -> per-step prediction: [B, H/p, D] -> [B, H, A]. Zero-initialised (DiT's final layer)."""
 
-    def __init__(self, dim: int, action_dim: int):
+    def __init__(self, dim: int, action_dim: int, patch: int = 1):
         super().__init__()
-        self.proj = nn.Linear(dim, action_dim)
+        self.patch = patch
+        self.proj = nn.Linear(dim, action_dim * patch)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.proj(tokens)
+        return rearrange(self.proj(tokens), "b n (p a) -> b (n p) a", p=self.patch)
 
 
 class PatchTokenizer(nn.Module):

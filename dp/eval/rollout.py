@@ -138,6 +138,7 @@ def summarize(results: list[dict]) -> dict:
             "episodes": n,
             "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in r["episodes"]])) if n else float("nan"),
+            "episode_results": r["episodes"],  # per episode: seed, success, length, final info scalars
         }
         all_lat += r["latency_s"]
     rates = [v["success_rate"] for v in per_task.values()]

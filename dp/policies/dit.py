@@ -36,6 +36,7 @@ class DiTPolicy(Policy):
         process: dict | None = None,
         sampler: dict | None = None,
         image_encoder: dict | None = None,
+        action_patch: int = 1,
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -49,8 +50,9 @@ class DiTPolicy(Policy):
         self.sampler = make_sampler(**{**DEFAULT_SAMPLER, **(sampler or {})})
         self.obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
         self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, **self._dit_extra())
-        self.tokenizer = ActionTokenizer(self.action_dim, dim, horizon)
-        self.head = ActionHead(dim, self.action_dim)
+        self.action_patch = action_patch
+        self.tokenizer = ActionTokenizer(self.action_dim, dim, horizon, action_patch)
+        self.head = ActionHead(dim, self.action_dim, action_patch)
         self.generator: torch.Generator | None = None  # set for reproducible sampling
 
     def _dit_extra(self) -> dict:
@@ -65,18 +67,22 @@ class DiTPolicy(Policy):
         self.config["sampler"] = {"name": name, "steps": steps}
 
     # -------------------------------------------------------------- pieces
-    def encode_obs(self, obs: dict) -> ConditionCache:
-        """Normalized obs -> the DiT's per-prediction condition cache (computed once)."""
+    def encode_obs(self, obs: dict, levels: torch.Tensor | None = None) -> ConditionCache:
+        """Normalized obs -> the DiT's per-prediction condition cache (computed once), with the
+        level-only terms of ``levels`` [S] (the sampler's grid) when given."""
         tokens = self.obs_encoder({k: obs[k] for k in self.obs_encoder.keys})
         if self.dit.cond_mode == "alternating":
             per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, len(self.obs_encoder.keys), -1)
             tokens = [per_key[:, :, i] for i in range(per_key.shape[2])]
-        return self.dit.encode_condition(tokens)
+        return self.dit.encode_condition(tokens, levels=levels)
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
-        """Raw network output for a noisy normalized chunk [B, H, A] at levels [B, H]."""
+        """Raw network output for a noisy normalized chunk [B, H, A] at levels [B, H].
+
+        With ``action_patch`` p, a token's level is that of its first action (callers keep
+        levels constant within each group of p actions)."""
         h = self.tokenizer(self.process.model_input(x_t, level))
-        return self.head(self.dit(h, level, cache=cache))
+        return self.head(self.dit(h, level[:, :: self.action_patch], cache=cache))
 
     def normalize_obs(self, obs: dict) -> dict:
         out = dict(obs)
@@ -100,10 +106,9 @@ class DiTPolicy(Policy):
     @torch.inference_mode()
     def predict_action(self, obs: dict) -> torch.Tensor:
         obs = self.normalize_obs(self.obs_to_device(obs))
-        cache = self.encode_obs(obs)
+        cache = self.encode_obs(obs, levels=self.sampler.levels(self.process, self.device))
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         x = self.process.prior((b, self.horizon, self.action_dim), device=self.device, generator=self.generator)
-        self.dit.prepare_levels(cache, self.sampler.levels(self.process, self.device))
 
         def denoise(x_t, level):
             return self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)

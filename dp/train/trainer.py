@@ -45,8 +45,8 @@ def obs_keys_for(task_cfg) -> dict[str, str]:
     obs = task_cfg.get("obs", "state")
     if obs == "state":
         return {"state": "state"}
-    if obs == "image":
-        return {"state": "state", "image": "img"}
+    if obs == "image":  # camera + proprioception only: the full state would give the objects away
+        return {"agent_pos": "agent_pos", "image": "img"}
     raise ValueError(f"task.obs must be 'state' or 'image', got {obs!r}.")
 
 
