@@ -80,3 +80,20 @@ def test_action_patch_policy_trains_and_round_trips(tmp_path):
     policy = Policy.from_checkpoint(tmp_path / "patch")
     assert policy.tokenizer.pos.shape[1] == policy.horizon // 4
     assert policy.predict_action({"state": torch.zeros(3, 2, 4)}).shape == (3, policy.horizon, 2)
+
+
+def test_initial_noise_is_drawn_once_per_episode():
+    policy = _fitted(DiTPolicy(META, dim=32, depth=2, heads=2, initial_noise="episode"))
+    torch.nn.init.normal_(policy.head.proj.weight, std=0.1)
+    obs = {"state": torch.randn(3, 2, 4)}
+    policy.generator = torch.Generator().manual_seed(0)
+    a, b = policy.predict_action(obs), policy.predict_action(obs)
+    torch.testing.assert_close(a, b)  # same episode, same observation: same chunk
+    policy.reset()
+    c = policy.predict_action(obs)
+    assert not torch.allclose(a, c)  # a new episode draws new noise
+    assert not torch.allclose(c[0], c[1])  # rows (envs) get their own noise
+    policy.initial_noise = "call"
+    assert not torch.allclose(policy.predict_action(obs), policy.predict_action(obs))
+    with pytest.raises(ValueError, match="initial_noise must be one of"):
+        DiTPolicy(META, initial_noise="fixed")

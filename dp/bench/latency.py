@@ -20,6 +20,8 @@ CASES = [
     ("dit", {}, "ddim", 10),
     ("dit", {}, "ddim", 4),
     ("dit", {}, "ddim", 2),
+    ("dit", {"action_patch": 4}, "ddim", 10),
+    ("dit", {"action_patch": 4}, "ddim", 2),
     ("dit", {}, "dpm_solver_pp", 10),
     ("dit", {}, "dpm_solver_pp", 4),
     ("dit", {}, "ddpm", 100),
@@ -61,8 +63,9 @@ def run(calls: int = 200, device: str = "cpu") -> list[dict]:
         policy = _policy(name, overrides).to(device)
         if sampler is not None:
             policy.set_sampler(sampler, steps)
-        row = {"policy": name, "process": policy.config.get("process", {}).get("schedule", "-") if overrides else
-               ("vp_cosine" if name == "dit" else "-"), "sampler": sampler or "-", "steps": steps or "-",
+        label = name + "".join(f" {k}={v}" for k, v in overrides.items() if k != "process")
+        row = {"policy": label, "process": (policy.config.get("process") or {}).get("schedule", "vp_cosine")
+               if name == "dit" else "-", "sampler": sampler or "-", "steps": steps or "-",
                "params_M": policy.num_parameters() / 1e6, "network_calls": policy.sampler.network_calls()
                if sampler else 1}
         row.update(measure(policy, calls, device=device))

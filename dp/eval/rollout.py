@@ -77,15 +77,17 @@ def run_episodes(
         limit = max_steps or min(getattr(e.unwrapped, "max_episode_steps", 10_000) or 10_000 for e in env_list)
         policy.reset()
         while not all(done) and max(length) < limit:
+            # every env keeps its batch row for the whole episode (finished ones included, their
+            # actions unused): a policy may hold per-row state such as its episode noise
             live = [i for i, d in enumerate(done) if not d]
-            obs = _stack_obs([hist[i] for i in live], obs_keys)
+            obs = _stack_obs(hist, obs_keys)
             obs = {k: torch.from_numpy(v) for k, v in obs.items()}
-            obs["instruction"] = [instruction] * len(live)
+            obs["instruction"] = [instruction] * len(hist)
             t0 = time.perf_counter()
             chunk = policy.executed_actions(policy.predict_action(obs)).float().cpu().numpy()
             latencies.append(time.perf_counter() - t0)
-            for j, i in enumerate(live):
-                for a in chunk[j]:
+            for i in live:
+                for a in chunk[i]:
                     obs_i, _, terminated, truncated, info = env_list[i].step(a)
                     hist[i].append(obs_i)
                     last_info[i] = info
