@@ -1,6 +1,7 @@
 """The shared diffusion-transformer core."""
 from dp.core.dit import DiT, ConditionCache, DiTBlock
 from dp.core.embeddings import ActionHead, ActionTokenizer, LevelEmbedding, PatchTokenizer, sinusoidal
+from dp.core.moe import NoiseRoutedMoE, SwiGLU, moe_ffn
 
 __all__ = ["DiT", "DiTBlock", "ConditionCache", "LevelEmbedding", "ActionTokenizer", "ActionHead",
-           "PatchTokenizer", "sinusoidal"]
+           "PatchTokenizer", "sinusoidal", "NoiseRoutedMoE", "SwiGLU", "moe_ffn"]
