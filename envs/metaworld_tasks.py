@@ -46,6 +46,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.base import check_obs_mode
+from envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -219,25 +220,7 @@ class MetaWorldEnv(gym.Env):
         key = (size, msaa)
         r = self._renderers.get(key)
         if r is None:
-            import mujoco
-
-            model = self._env.model
-            # the offscreen buffer must hold the frame
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-            # read once, when the GL context is made: 4x multisampling halves the frame
-            # rate of software rendering, so observations go without it.
-            model.vis.quality.offsamples = 4 if msaa else 0
-            try:
-                r = mujoco.Renderer(model, height=size, width=size)
-            except Exception as e:  # mujoco.FatalError; most often MUJOCO_GL set too late
-                raise RuntimeError(
-                    f"could not create a MuJoCo renderer ({e}). Headless: set MUJOCO_GL=egl "
-                    "(and PYOPENGL_PLATFORM=egl) before anything imports mujoco, e.g. in the shell."
-                ) from e
-            # shadows and reflections: 4x slower with software rendering, no task information
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            r = make_renderer(self._env.model, size, msaa)
             self._renderers[key] = r
             _WITH_RENDERERS.add(self)
             global _exit_hook_registered

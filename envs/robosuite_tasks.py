@@ -90,6 +90,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.base import check_obs_mode
+from envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -271,20 +272,7 @@ class RobosuiteEnv(gym.Env):
         if r is None:
             import mujoco
 
-            model = self._env.sim.model._model
-            model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
-            model.vis.global_.offheight = max(model.vis.global_.offheight, size)
-            # read when the GL context is made: multisampling halves software rendering speed
-            model.vis.quality.offsamples = 4 if msaa else 0
-            try:
-                r = mujoco.Renderer(model, height=size, width=size)
-            except Exception as e:  # mujoco.FatalError; most often MUJOCO_GL set too late
-                raise RuntimeError(
-                    f"could not create a MuJoCo renderer ({e}). Headless: set MUJOCO_GL=egl "
-                    "(and PYOPENGL_PLATFORM=egl) before anything imports mujoco, e.g. in the shell."
-                ) from e
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            r = make_renderer(self._env.sim.model._model, size, msaa)
             if self._scene_option is None:
                 # as robosuite renders: visual meshes (group 1), not collision geoms (group 0)
                 self._scene_option = mujoco.MjvOption()
