@@ -15,9 +15,17 @@ seed gives the same scene. Without a seed, resets continue one random stream.
 Options (``envs.make("mw_push", **options)``):
   obs               "state" (default) or "image" (image mode keeps ``state``)
   image_size        side of the square ``image`` observation, default 84
-  camera            MuJoCo camera for ``image``, default "corner"
+  camera            camera for ``image`` and ``render()``, default "workspace" (below), or
+                    any camera in metaworld's XML ("corner", "corner2", "topview", ...)
   max_episode_steps episode length, default metaworld's ``max_path_length`` (500)
   render_size       side of the square frame ``render()`` returns, default 224
+
+The default ``workspace`` camera is dp's own: a free camera fixed in the world that looks
+at the table from across it, facing the robot (centre (0, 0.72, 0.05), 0.8 m away,
+azimuth -90, elevation -50 degrees). At 84 px the puck and goal of mw_push are 4-5 px
+wide and the goal sits between the camera and the arm, so the arm cannot hide it; metaworld's ``corner`` camera shows
+them 1-2 px wide and the arm often covers the goal, which left image policies blind
+(0-2% success on mw_push, CHANGELOG). Real set-ups aim a camera at the workspace too.
 
 Images come from our own ``mujoco.Renderer`` with shadows and reflections switched off,
 and no multisampling for the ``image`` observation (software EGL rendering of an 84 px
@@ -157,6 +165,9 @@ def _close_renderers_at_exit() -> None:
 
 OPTIONS = ("obs", "image_size", "camera", "max_episode_steps", "render_size")
 
+# dp's free cameras: name -> (lookat xyz, distance m, azimuth deg, elevation deg)
+FREE_CAMERAS = {"workspace": ((0.0, 0.72, 0.05), 0.8, -90.0, -50.0)}
+
 
 def instruction(name: str) -> str:
     return INSTRUCTIONS[name]
@@ -172,7 +183,7 @@ class MetaWorldEnv(gym.Env):
         name: str,
         obs: str = "state",
         image_size: int = 84,
-        camera: str = "corner",
+        camera: str = "workspace",
         max_episode_steps: int | None = None,
         render_size: int = 224,
     ):
@@ -199,7 +210,7 @@ class MetaWorldEnv(gym.Env):
         self.max_episode_steps = int(max_episode_steps)
         # metaworld raises on stepping past its own max_path_length; we truncate ourselves.
         env.max_path_length = max(env.max_path_length, self.max_episode_steps)
-        cameras = [env.model.camera(i).name for i in range(env.model.ncam)]
+        cameras = list(FREE_CAMERAS) + [env.model.camera(i).name for i in range(env.model.ncam)]
         if camera not in cameras:
             raise ValueError(f"camera must be one of {cameras}, got {camera!r}.")
 
@@ -229,9 +240,21 @@ class MetaWorldEnv(gym.Env):
                 _exit_hook_registered = True
         return r
 
+    def _mj_camera(self):
+        """The camera as ``Renderer.update_scene`` takes it: a name, or an MjvCamera."""
+        if self.camera not in FREE_CAMERAS:
+            return self.camera
+        import mujoco
+
+        lookat, distance, azimuth, elevation = FREE_CAMERAS[self.camera]
+        cam = mujoco.MjvCamera()
+        cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+        cam.lookat[:], cam.distance, cam.azimuth, cam.elevation = lookat, distance, azimuth, elevation
+        return cam
+
     def _frame(self, size: int, msaa: bool = False) -> np.ndarray:
         r = self._renderer(size, msaa)
-        r.update_scene(self._env.data, camera=self.camera)
+        r.update_scene(self._env.data, camera=self._mj_camera())
         img = r.render()
         if self.camera == "corner":  # mounted upside down: rotate 180 degrees
             img = img[::-1, ::-1]

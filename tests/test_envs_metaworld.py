@@ -92,12 +92,29 @@ def test_image_is_upright_not_mirrored():
     # metaworld's corner camera is mounted upside down; the env rotates its frames by 180
     # degrees. Upright, the red Sawyer arm stands in the upper right of the frame (the raw
     # frame has it lower left; a mere vertical flip would put it upper left, mirrored).
-    env = envs.make("mw_reach", obs="image", image_size=64)
+    env = envs.make("mw_reach", obs="image", image_size=64, camera="corner")
     img = env.reset(seed=0)[0]["image"].astype(int)
     red = (img[..., 0] > 120) & (img[..., 1] < 60) & (img[..., 2] < 60)
     rows, cols = np.nonzero(red)
     assert len(rows) > 50
     assert rows.mean() < 32 and cols.mean() > 32
+    env.close()
+
+
+def test_workspace_camera_shows_the_goal_where_it_is():
+    # The default camera frames the table: mw_push's green goal site is visible in every
+    # scene, and its image column follows its x in the world.
+    env = envs.make("mw_push", obs="image")
+    cols = []
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        img = obs["image"].astype(int)
+        green = (img[..., 1] > 150) & (img[..., 0] < 100) & (img[..., 2] < 100)
+        assert green.sum() >= 4, f"goal not visible for seed {seed}"
+        cols.append((np.nonzero(green)[1].mean(), obs["state"][-3]))
+    cols.sort(key=lambda c: c[1])  # by goal x
+    image_cols = [c[0] for c in cols]
+    assert image_cols == sorted(image_cols) and image_cols[-1] - image_cols[0] > 15, cols
     env.close()
 
 

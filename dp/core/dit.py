@@ -15,6 +15,17 @@ Block (adaLN-Zero, as DiT's ``models.py``)::
 The adaLN projections, the cross-attention output and the final modulation are
 zero-initialised: a fresh block is the identity on its residual path.
 
+``level_cond="add"`` is MoDE's block instead (``modedit.py``): no adaLN; c is added to
+every token before self-attention and the ffn reads the pre-normed residual::
+
+    x = x + SelfAttn(norm1(x) + c ; prefix K/V)
+    x = x + FFN(norm2(x), level_emb)                       # the official code's block
+                                                           # overwrites x with norm2(x); not here
+``level_token=True`` prepends c as a token to the denoised tokens (MoDE's noise token);
+it is dropped from the output. The ffn also gets ``step``, the index of the network call
+within a prediction (``ConditionCache.step``), which a mixture of experts uses to look up
+its cached routes.
+
 Condition modes (``cond`` is what does not change across denoising steps):
 - ``prefix``: condition tokens are prepended. They attend only to themselves and are
   modulated by level 0 + context, so their per-layer K/V never depend on x or on the
@@ -35,8 +46,10 @@ from dp.core.embeddings import LevelEmbedding
 from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, make_norm, modulate
 
 COND_MODES = ("prefix", "cross", "alternating")
+LEVEL_CONDS = ("adaln", "add")
+PREFIX_STEP = -1  # the ffn's ``step`` in the prefix pass of ``encode_condition`` (level 0)
 
-# ffn factory: (dim, hidden, layer_index) -> module with forward(x, level_emb)
+# ffn factory: (dim, hidden, layer_index) -> module with forward(x, level_emb, step=None)
 FFNFactory = Callable[[int, int, int], nn.Module]
 
 
@@ -53,6 +66,7 @@ class ConditionCache:
     context: torch.Tensor | None = None  # [B, D]
     # level value -> (level_emb, per-block modulation tuples, final adaLN output), each [B or 1, 1, *]
     level_terms: dict[float, tuple] = field(default_factory=dict)
+    step: int | None = None  # index of the current network call (set by the caller, read by the ffn)
 
     def repeat(self, n: int) -> "ConditionCache":
         """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples)."""
@@ -73,7 +87,7 @@ class ConditionCache:
 
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ffn: nn.Module, norm: str = "layer", qk_norm: bool = False,
-                 cross: bool = False):
+                 cross: bool = False, level_cond: str = "adaln"):
         super().__init__()
         self.norm1 = make_norm(norm, dim, affine=False)
         self.attn = SelfAttention(dim, heads, qk_norm, norm)
@@ -82,32 +96,43 @@ class DiTBlock(nn.Module):
         self.cross = CrossAttention(dim, heads, qk_norm, norm) if cross else None
         self.norm_x = make_norm(norm, dim) if cross else None
         self.cond_norm = make_norm(norm, dim) if cross else None
-        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-        nn.init.zeros_(self.ada[1].weight)
-        nn.init.zeros_(self.ada[1].bias)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if level_cond == "adaln" else None
+        if self.ada is not None:
+            nn.init.zeros_(self.ada[1].weight)
+            nn.init.zeros_(self.ada[1].bias)
         if self.cross is not None:
             nn.init.zeros_(self.cross.proj.weight)
             nn.init.zeros_(self.cross.proj.bias)
 
     def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """adaLN terms from the conditioning vector c [B, N or 1, D]:
-        (shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2), each [B, N or 1, D]."""
+        (shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2), each [B, N or 1, D];
+        with ``level_cond="add"``, just (c,)."""
+        if self.ada is None:
+            return (c,)
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=-1)
         return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
 
     def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None,
-                mod: tuple | None = None):
+                mod: tuple | None = None, step: int | None = None):
         """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x).
 
         ``mod`` is ``self.modulation(c)`` when the caller precomputed it. Each modulation and
         gated residual is one fused ``addcmul``: at batch 1 the per-op cost, not the
         arithmetic, is what a denoising step spends its time on."""
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c) if mod is None else mod
+        mod = self.modulation(c) if mod is None else mod
+        if self.ada is None:  # level_cond "add"
+            h, kv = self.attn(self.norm1(x) + mod[0], prefix_kv, mask)
+            x = x + h
+            if self.cross is not None:
+                x = x + self.cross(self.norm_x(x), cross_kv)
+            return x + self.ffn(self.norm2(x), level_emb, step), kv
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod
         h, kv = self.attn(torch.addcmul(shift1, self.norm1(x), scale1), prefix_kv, mask)
         x = torch.addcmul(x, gate1, h)
         if self.cross is not None:
             x = x + self.cross(self.norm_x(x), cross_kv)
-        x = torch.addcmul(x, gate2, self.ffn(torch.addcmul(shift2, self.norm2(x), scale2), level_emb))
+        x = torch.addcmul(x, gate2, self.ffn(torch.addcmul(shift2, self.norm2(x), scale2), level_emb, step))
         return x, kv
 
     def cross_keys_values(self, cond: torch.Tensor) -> KV:
@@ -127,25 +152,34 @@ class DiT(nn.Module):
         qk_norm: bool = False,
         cond_mode: str = "prefix",
         ffn: FFNFactory = dense_ffn,
+        level_cond: str = "adaln",
+        level_token: bool = False,
     ):
         super().__init__()
         if cond_mode not in COND_MODES:
             raise ValueError(f"cond_mode must be one of {COND_MODES}, got {cond_mode!r}.")
+        if level_cond not in LEVEL_CONDS:
+            raise ValueError(f"level_cond must be one of {LEVEL_CONDS}, got {level_cond!r}.")
         self.dim, self.depth, self.cond_mode = dim, depth, cond_mode
+        self.level_cond, self.level_token = level_cond, level_token
         self.level_emb = LevelEmbedding(dim)
         hidden = int(dim * mlp_ratio)
         cross = cond_mode in ("cross", "alternating")
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, heads, ffn(dim, hidden, i), norm, qk_norm, cross) for i in range(depth)
+            DiTBlock(dim, heads, ffn(dim, hidden, i), norm, qk_norm, cross, level_cond) for i in range(depth)
         )
-        self.final_norm = make_norm(norm, dim, affine=False)
-        self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-        nn.init.zeros_(self.final_ada[1].weight)
-        nn.init.zeros_(self.final_ada[1].bias)
+        if level_cond == "adaln":
+            self.final_norm = make_norm(norm, dim, affine=False)
+            self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+            nn.init.zeros_(self.final_ada[1].weight)
+            nn.init.zeros_(self.final_ada[1].bias)
+        else:
+            self.final_norm, self.final_ada = make_norm(norm, dim), None
         self._init_linears()
 
     def _init_linears(self) -> None:
-        zero = {id(b.ada[1]) for b in self.blocks} | {id(self.final_ada[1])}
+        zero = {id(b.ada[1]) for b in self.blocks if b.ada is not None}
+        zero |= {id(self.final_ada[1])} if self.final_ada is not None else set()
         zero |= {id(b.cross.proj) for b in self.blocks if b.cross is not None}
         for m in self.modules():
             if isinstance(m, nn.Linear) and id(m) not in zero:
@@ -157,7 +191,7 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ condition
     def encode_condition(self, cond=None, context: torch.Tensor | None = None,
-                         levels: torch.Tensor | None = None) -> ConditionCache:
+                         levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
         """Run everything that does not depend on x, once per prediction.
 
         cond: [B, M, D] (prefix, cross) or a list of [B, M_i, D] (alternating).
@@ -165,6 +199,8 @@ class DiT(nn.Module):
         levels: optional [S] levels a sampler will visit; their level-only terms are
         computed here in one batched pass (see ``prepare_levels``), together with level 0
         for the prefix tokens.
+        prefix_step: the ffn's ``step`` in the prefix pass (``PREFIX_STEP`` when the caller
+        has cached routes for it).
         """
         cache = ConditionCache(context=context)
         if levels is not None:
@@ -188,7 +224,7 @@ class DiT(nn.Module):
                 (level0, mods, _), c = terms, None
             h = cond
             for block, mod in zip(self.blocks, mods):
-                h, kv = block(h, c, level0, mod=mod)
+                h, kv = block(h, c, level0, mod=mod, step=prefix_step)
                 cache.prefix_kv.append(kv)
             cache.cross_kv = [None] * self.depth
         else:
@@ -215,18 +251,29 @@ class DiT(nn.Module):
             if level.shape[1] > 1 and bool((level == level[:, :1]).all()):
                 level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
             level_emb, c = self._level_embedding(level, cache.context)
-            mods, final_out = [None] * self.depth, self.final_ada(c)
+            mods = [None] * self.depth
+            final_out = self.final_ada(c) if self.final_ada is not None else None
+            if self.level_token and c.shape[1] > 1:  # per-token levels: the level token takes the first token's
+                c, level_emb = torch.cat([c[:, :1], c], 1), torch.cat([level_emb[:, :1], level_emb], 1)
+                final_out = None if final_out is None else torch.cat([final_out[:, :1], final_out], 1)
         else:
             level_emb, mods, final_out = terms
-            c = None
-        return self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv)
+            c = level_emb if self.level_token else None  # the level token is the context-free embedding
+            if self.level_token and cache.context is not None:
+                c = level_emb + cache.context[:, None]
+        if self.level_token:
+            x = torch.cat([c[:, :1].expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
+        out = self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv, cache.step)
+        return out[:, 1:] if self.level_token else out
 
-    def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv) -> torch.Tensor:
+    def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv, step=None) -> torch.Tensor:
         """The blocks and the final modulation, on tensors only (no lookups, no host syncs), so
         that ``compile_blocks`` can hand it to torch.compile. ``mods``: per block, its
         precomputed ``modulation`` or None (then computed from ``c``)."""
         for block, pkv, ckv, mod in zip(self.blocks, prefix_kv, cross_kv, mods):
-            x, _ = block(x, c, level_emb, pkv, ckv, mod=mod)
+            x, _ = block(x, c, level_emb, pkv, ckv, mod=mod, step=step)
+        if final_out is None:
+            return self.final_norm(x)
         shift, scale = final_out.chunk(2, dim=-1)
         return modulate(self.final_norm(x), shift, scale)
 
@@ -249,7 +296,8 @@ class DiT(nn.Module):
         context = cache.context
         level_emb, c = self._level_embedding(lv, context)  # [1 or B, S, D]
         mods = [blk.modulation(c) for blk in self.blocks]
-        final = self.final_ada(c)
+        final = self.final_ada(c) if self.final_ada is not None else None
         for i, v in enumerate(values):
             pick = slice(i, i + 1)
-            cache.level_terms[v] = (level_emb[:, pick], [tuple(t[:, pick] for t in m) for m in mods], final[:, pick])
+            cache.level_terms[v] = (level_emb[:, pick], [tuple(t[:, pick] for t in m) for m in mods],
+                                    None if final is None else final[:, pick])

@@ -79,13 +79,15 @@ class CrossAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Dense GELU feed-forward. ``level_emb`` is accepted (and ignored) so it fills the
-    same ``ffn`` slot as a mixture of experts, whose router reads the level embedding."""
+    """Dense GELU feed-forward (tanh approximation, as DiT's own blocks use; on a CPU at
+    batch 1 the exact erf GELU costs 1.5x as much). ``level_emb`` is accepted (and ignored)
+    so it fills the same ``ffn`` slot as a mixture of experts, whose router reads the level
+    embedding."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: torch.Tensor, level_emb: torch.Tensor | None = None) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: torch.Tensor, level_emb: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))

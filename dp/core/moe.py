@@ -13,8 +13,20 @@ After each forward the module keeps ``aux_loss``: Switch-style load balance,
 ``E * sum_e mean_tokens(p_e) * frac_e``, where ``frac_e`` is the share of the k*tokens
 assignments that went to expert e. It is 1 when routing is uniform. It also keeps ``last_probs``
 [tokens, E] and ``last_gates`` [tokens, E] (detached) for logging usage per level bucket.
+
+Expert caching (MoDE's inference trick): for a fixed sampler the level of every network
+call is known in advance, so ``build_cache(level_embs)`` routes each call once and fuses
+the chosen experts (and the shared one) into one wide SwiGLU per call:
+
+    gate/up rows of experts e1..ek stacked  -> w_in  [2 * k * hidden, D]
+    down columns scaled by the route weights -> w_out [D, k * hidden]
+
+``forward(x, level_emb, step=i)`` then runs call i's fused MLP: two matmuls, no router,
+no gather. The cache is keyed by the call's index, not by the level's value.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +46,31 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+class FusedExperts(NamedTuple):
+    """One network call's experts as a single SwiGLU: gate rows, then up rows, in ``w_in``."""
+
+    w_in: torch.Tensor  # [2 * H, D]
+    b_in: torch.Tensor  # [2 * H]
+    w_out: torch.Tensor  # [D, H], route weights folded in
+    b_out: torch.Tensor  # [D]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, self.w_in, self.b_in).chunk(2, dim=-1)
+        return F.linear(F.silu(gate) * up, self.w_out, self.b_out)
+
+
+def fuse_swiglus(experts: list[SwiGLU], weights: list[float]) -> FusedExperts:
+    """sum_i weights[i] * experts[i](x) as one SwiGLU of the concatenated hidden units."""
+    h = [e.down.in_features for e in experts]
+    gates = [e.gate_up.weight[:n] for e, n in zip(experts, h)]
+    ups = [e.gate_up.weight[n:] for e, n in zip(experts, h)]
+    w_in = torch.cat(gates + ups)
+    b_in = torch.cat([e.gate_up.bias[:n] for e, n in zip(experts, h)] + [e.gate_up.bias[n:] for e, n in zip(experts, h)])
+    w_out = torch.cat([w * e.down.weight for e, w in zip(experts, weights)], dim=1)
+    b_out = sum(w * e.down.bias for e, w in zip(experts, weights))
+    return FusedExperts(w_in.detach().clone(), b_in.detach().clone(), w_out.detach().clone(), b_out.detach().clone())
+
+
 class NoiseRoutedMoE(nn.Module):
     """Sparse experts chosen from the level embedding; fills the DiT block's ``ffn`` slot."""
 
@@ -48,6 +85,27 @@ class NoiseRoutedMoE(nn.Module):
         self.aux_loss: torch.Tensor | None = None
         self.last_probs: torch.Tensor | None = None
         self.last_gates: torch.Tensor | None = None
+        self.step_cache: dict[int, FusedExperts] = {}
+
+    def build_cache(self, level_embs: torch.Tensor, keys: list[int] | None = None) -> None:
+        """Route each network call once and fuse its experts. level_embs: [C, D], the level
+        embedding of each call (one level per call); keys: the calls' ``step`` values
+        (default 0..C-1). Replaces any previous cache."""
+        keys = list(range(level_embs.shape[0])) if keys is None else list(keys)
+        with torch.no_grad():
+            gates = self.router(level_embs).float().softmax(-1)
+            top = gates.topk(self.top_k, dim=-1)
+            weights = top.values / top.values.sum(-1, keepdim=True)
+            self.step_cache = {}
+            for i in range(level_embs.shape[0]):
+                experts = [self.experts[int(e)] for e in top.indices[i]]
+                w = [float(v) for v in weights[i]]
+                if self.shared is not None:
+                    experts, w = experts + [self.shared], w + [1.0]
+                self.step_cache[keys[i]] = fuse_swiglus(experts, w)
+
+    def clear_cache(self) -> None:
+        self.step_cache = {}
 
     def route(self, level_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """level_emb [B, N or 1, D] -> (gates, probs), each [B, N or 1, E]; gates are zero
@@ -62,7 +120,13 @@ class NoiseRoutedMoE(nn.Module):
         gates = torch.zeros_like(probs).scatter(-1, idx, chosen / chosen.sum(-1, keepdim=True))
         return gates, probs
 
-    def forward(self, x: torch.Tensor, level_emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, level_emb: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """x [B, N, D], level_emb [B, N or 1, D] -> [B, N, D]. ``step``: index of the network
+        call within a prediction; with a cache built for it (inference), the fused experts run."""
+        if step is not None and not self.training:
+            fused = self.step_cache.get(step)
+            if fused is not None:
+                return fused(x)
         b, n, d = x.shape
         gates, probs = self.route(level_emb)
         gates = gates.expand(b, n, -1).reshape(b * n, -1)
@@ -82,9 +146,11 @@ class NoiseRoutedMoE(nn.Module):
 
 
 def moe_ffn(num_experts: int = 4, top_k: int = 2, shared_expert: bool = False):
-    """A DiT ``ffn`` factory: (dim, hidden, layer) -> NoiseRoutedMoE."""
+    """A DiT ``ffn`` factory: (dim, hidden, layer) -> NoiseRoutedMoE whose experts each have
+    the parameter count of the dense MLP (hidden units 2/3 of ``hidden``)."""
 
     def factory(dim: int, hidden: int, layer: int) -> NoiseRoutedMoE:
-        return NoiseRoutedMoE(dim, hidden, num_experts, top_k, shared_expert)
+        # a SwiGLU of 2/3 the hidden width has the parameters of the GELU MLP it replaces (LLaMA's rule)
+        return NoiseRoutedMoE(dim, max(1, 2 * hidden // 3), num_experts, top_k, shared_expert)
 
     return factory

@@ -36,6 +36,19 @@ class Sampler:
     def levels(self, process: GaussianProcess, device=None) -> torch.Tensor:
         return process.sampling_levels(self.steps, device)
 
+    def call_levels(self, process: GaussianProcess) -> list[float]:
+        """The level of each network call of one ``sample``, in call order (for a one-level
+        grid). Found by running the sampler on a stand-in denoiser, so it holds for every
+        sampler, including those that call the network twice per step."""
+        seen: list[float] = []
+
+        def record(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            seen.append(float(t.reshape(-1)[0]))
+            return torch.zeros_like(x_t)
+
+        self.sample(record, process, torch.zeros(1, 1, 1))
+        return seen
+
     def sample(self, denoise: Denoise, process: GaussianProcess, x: torch.Tensor,
                levels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """x: the starting sample [B, N, A] at ``levels[0]`` -> the sample at ``levels[-1]``."""
@@ -47,13 +60,21 @@ class Sampler:
         if grid.shape[1:] != x.shape[:2]:
             raise ValueError(f"levels must be [S+1] or [S+1, B, N] with [B, N] = {tuple(x.shape[:2])}; got {tuple(levels.shape)}.")
         self.begin()
-        for i in range(grid.shape[0] - 1):
-            t, s = grid[i], grid[i + 1]
-            moving = _bcast(t > s, x)
-            x0 = denoise(x, t)
-            stepped = self.step(denoise, process, x, x0, t, s, generator)
-            stepped = torch.where(_bcast(s <= 0, x), x0, stepped)
-            x = torch.where(moving, stepped, x)
+        rows = grid.unbind(0)
+        moving = grid[:-1] > grid[1:]  # [S, B, N]; tokens already at their final level stay put
+        all_moving = bool(moving.all())
+        ends = (grid[1:] <= 0).reshape(grid.shape[0] - 1, -1)
+        # alpha and sigma of the whole grid in one batched call, looked up by the steps below
+        with process.remember_levels(rows, *process.alpha_sigma(grid)):
+            for i in range(grid.shape[0] - 1):
+                t, s = rows[i], rows[i + 1]
+                x0 = denoise(x, t)
+                stepped = self.step(denoise, process, x, x0, t, s, generator)
+                if bool(ends[i].all()):
+                    stepped = x0  # a step that ends at level 0 returns x0_hat
+                elif bool(ends[i].any()):
+                    stepped = torch.where(_bcast(s <= 0, x), x0, stepped)
+                x = stepped if all_moving else torch.where(_bcast(moving[i], x), stepped, x)
         return x
 
     def begin(self) -> None:

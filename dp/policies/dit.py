@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
+from dp.core.dit import PREFIX_STEP
 from dp.diffusion import GaussianProcess, make_sampler
+from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
 from dp.policies.base import Policy
 
@@ -39,6 +41,9 @@ class DiTPolicy(Policy):
         image_encoder: dict | None = None,
         action_patch: int = 1,
         initial_noise: str = "call",
+        level_cond: str = "adaln",
+        level_token: bool = False,
+        language: dict | None = None,
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -51,7 +56,10 @@ class DiTPolicy(Policy):
         self.process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
         self.sampler = make_sampler(**{**DEFAULT_SAMPLER, **(sampler or {})})
         self.obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
-        self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, **self._dit_extra())
+        self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, level_cond=level_cond,
+                       level_token=level_token, **self._dit_extra())
+        self.instructions = list(shape_meta.get("instructions") or [])
+        self.language = make_language_encoder(language, self.instructions, dim) if language else None
         self.action_patch = action_patch
         self.tokenizer = ActionTokenizer(self.action_dim, dim, horizon, action_patch)
         self.head = ActionHead(dim, self.action_dim, action_patch)
@@ -60,6 +68,9 @@ class DiTPolicy(Policy):
         self.initial_noise = initial_noise
         self._episode_noise: torch.Tensor | None = None
         self.generator: torch.Generator | None = None  # set for reproducible sampling
+        self.expert_cache = True  # fused per-call experts at inference, when the ffn is routed
+        self._call_levels: list[float] | None = None
+        self._expert_cache_for: tuple | None = None
 
     def _dit_extra(self) -> dict:
         """Extra DiT arguments for subclasses (e.g. a mixture-of-experts ffn)."""
@@ -86,19 +97,89 @@ class DiTPolicy(Policy):
     def normalized_keys(self) -> list[str]:
         return ["action", *self.lowdim]
 
+    # -------------------------------------------------------------- expert caching
+    def _routed_ffns(self) -> list:
+        return [blk.ffn for blk in self.dit.blocks if hasattr(blk.ffn, "build_cache")]
+
+    def _expert_cache_key(self) -> tuple:
+        """What the cached routes depend on: the sampler and the ffn weights (in-place updates,
+        e.g. EMA, bump a tensor's version)."""
+        version = sum(p._version for f in self._routed_ffns() for p in f.parameters())
+        return (self.sampler.name, self.sampler.steps, version, str(self.device))
+
+    def prepare_inference(self) -> None:
+        """Expert caching (MoDE): for the current sampler the level of every network call is
+        known, so each routed ffn routes every call once and fuses the chosen experts into
+        one MLP per call, keyed by the call's index. ``predict_action`` calls this on first
+        use and whenever the sampler or the weights change. Nothing to do for a dense ffn."""
+        ffns = self._routed_ffns()
+        if not ffns:
+            return
+        levels = self.sampler.call_levels(self.process)
+        with torch.no_grad():
+            emb = self.dit.level_emb(torch.tensor([[0.0, *levels]], device=self.device))[0]  # [1 + C, D]
+        for ffn in ffns:
+            ffn.build_cache(emb, keys=[PREFIX_STEP, *range(len(levels))])
+        self._call_levels = levels
+        self._expert_cache_for = self._expert_cache_key()
+
+    def active_parameters(self, module: torch.nn.Module | None = None) -> int:
+        """Parameters of ``module`` (default: the whole policy; ``self.dit`` for the denoiser)
+        that one token passes through at inference: all but the experts it is not routed to
+        (top_k of num_experts per routed layer; routers and shared experts count). Dense: all."""
+        module = self if module is None else module
+        total = sum(p.numel() for p in module.parameters())
+        idle = 0
+        for f in module.modules():
+            if hasattr(f, "build_cache"):
+                per_expert = sum(p.numel() for p in f.experts[0].parameters())
+                idle += (f.num_experts - f.top_k) * per_expert
+        return total - idle
+
+    def clear_inference_cache(self) -> None:
+        for ffn in self._routed_ffns():
+            ffn.clear_cache()
+        self._call_levels, self._expert_cache_for = None, None
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.clear_inference_cache()
+        return super().train(mode)
+
     def set_sampler(self, name: str, steps: int) -> None:
         self.sampler = make_sampler(name, steps)
         self.config["sampler"] = {"name": name, "steps": steps}
 
     # -------------------------------------------------------------- pieces
-    def encode_obs(self, obs: dict, levels: torch.Tensor | None = None) -> ConditionCache:
+    def encode_obs(self, obs: dict, levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
         """Normalized obs -> the DiT's per-prediction condition cache (computed once), with the
-        level-only terms of ``levels`` [S] (the sampler's grid) when given."""
+        level-only terms of ``levels`` [S] (the sampler's grid) when given; ``prefix_step``
+        selects cached expert routes for the prefix pass."""
         tokens = self.obs_encoder({k: obs[k] for k in self.obs_encoder.keys})
         if self.dit.cond_mode == "alternating":
             per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, len(self.obs_encoder.keys), -1)
             tokens = [per_key[:, :, i] for i in range(per_key.shape[2])]
-        return self.dit.encode_condition(tokens, levels=levels)
+        if self.language is not None:
+            lang = self.language(self._instructions(obs, tokens))[:, None]  # [B, 1, D]
+            tokens = [lang, *tokens] if isinstance(tokens, list) else torch.cat([lang, tokens], dim=1)
+        return self.dit.encode_condition(tokens, levels=levels, prefix_step=prefix_step)
+
+    def _instructions(self, obs: dict, tokens) -> list[str]:
+        """The batch's instruction strings: ``obs["instruction"]`` (rollouts), else, in
+        training, the dataset's instruction of each sample's ``task_id`` (or its only one)."""
+        b = (tokens[0] if isinstance(tokens, list) else tokens).shape[0]
+        texts = obs.get("instruction")
+        if texts is None and "task_id" in obs:
+            texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]
+        elif texts is None and len(self.instructions) == 1 and self.training:  # a single-task store
+            texts = self.instructions * b
+        if texts is None:
+            raise KeyError("this policy is conditioned on language: pass obs['instruction'], a list of B strings "
+                           "(dp-eval does this from the env's instruction).")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if len(texts) != b:
+            raise ValueError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
+        return texts
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
         """Raw network output for a noisy normalized chunk [B, H, A] at levels [B, H].
@@ -117,6 +198,8 @@ class DiTPolicy(Policy):
     # -------------------------------------------------------------- interface
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         obs = self.normalize_obs(batch["obs"])
+        if "task_id" in batch and "instruction" not in obs:
+            obs["task_id"] = batch["task_id"]
         x0 = self.normalizer.normalize("action", batch["action"].float())
         b = x0.shape[0]
         cache = self.encode_obs(obs)
@@ -125,16 +208,26 @@ class DiTPolicy(Policy):
         x_t = self.process.add_noise(x0, noise, level)
         pred = self.network(x_t, level, cache)
         loss = F.mse_loss(pred.float(), self.process.target(x0, noise, level))
+        self.last_levels = level[:, 0].detach()  # [B], for per-level statistics in subclasses
         return {"loss": loss}
 
     @torch.inference_mode()
     def predict_action(self, obs: dict) -> torch.Tensor:
         obs = self.normalize_obs(self.obs_to_device(obs))
-        cache = self.encode_obs(obs, levels=self.sampler.levels(self.process, self.device))
+        cached = self.expert_cache and bool(self._routed_ffns())
+        if cached and self._expert_cache_for != self._expert_cache_key():
+            self.prepare_inference()
+        cache = self.encode_obs(obs, levels=self.sampler.levels(self.process, self.device),
+                                prefix_step=PREFIX_STEP if cached else None)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         x = self.prior_sample(b)
+        calls = iter(range(1 << 30))
 
         def denoise(x_t, level):
+            i = next(calls)
+            # the cached route of call i holds only if the call sits where the sampler said it would
+            on_grid = cached and i < len(self._call_levels) and bool((level == self._call_levels[i]).all())
+            cache.step = i if on_grid else None
             return self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)
 
         x0 = self.sampler.sample(denoise, self.process, x, generator=self.generator)

@@ -56,7 +56,10 @@ def shape_meta_of(dataset: SequenceDataset) -> dict:
     for name, key in dataset.obs_keys.items():
         shape = list(data[key].shape[1:])
         obs[name] = [shape[-1], *shape[:-1]] if len(shape) == 3 else shape
-    return {"action": list(data[dataset.action_key].shape[1:]), "obs": obs}
+    meta = {"action": list(data[dataset.action_key].shape[1:]), "obs": obs}
+    if dataset.attrs.get("instructions"):  # task_id -> instruction, for language-conditioned policies
+        meta["instructions"] = list(dataset.attrs["instructions"])
+    return meta
 
 
 def open_dataset(cfg) -> SequenceDataset:
@@ -167,6 +170,7 @@ class Trainer:
         with self._autocast():
             out = self.loss_fn(batch)
         loss = out["loss"]
+        self.last_metrics = {k: v.detach() for k, v in out.items() if k != "loss"}  # e.g. balance loss, router stats
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.cfg.training.grad_clip:
@@ -240,7 +244,8 @@ class Trainer:
                     self.history["lr"].append(lr)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.1e}")
                     if run is not None:
-                        run.log({"train/loss": mean_loss, "train/lr": lr}, step=self.step)
+                        extra = {f"train/{k}": float(v) for k, v in self.last_metrics.items()}
+                        run.log({"train/loss": mean_loss, "train/lr": lr, **extra}, step=self.step)
                 if main and t.val_every and self.step % t.val_every == 0:
                     v = self.val_loss()
                     if v is not None:

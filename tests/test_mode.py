@@ -1,0 +1,155 @@
+"""policy=mode (MoDE): expert caching equals the router path, language conditioning, the
+balance loss and router statistics, and a tiny config that learns on toy."""
+import numpy as np
+import pytest
+import torch
+
+from dp.core.moe import NoiseRoutedMoE, fuse_swiglus
+from dp.data import Normalizer
+from dp.encoders.language import BuiltinTextEncoder, WordTokenizer, make_language_encoder
+from dp.policies import Policy
+from dp.policies.mode import MoDEPolicy
+from dp.train.trainer import Trainer
+from train_helpers import TINY_DIT, toy_dataset, train_cfg
+
+INSTRUCTIONS = ["push the puck to the goal", "open the drawer", "press the button from the top"]
+META = {"action": [2], "obs": {"state": [4]}, "instructions": INSTRUCTIONS}
+
+
+def _mode(**kw):
+    torch.manual_seed(0)
+    args = dict(dim=32, depth=2, heads=2, horizon=8, n_action_steps=4, num_experts=4, top_k=2,
+                language={"encoder": "builtin", "layers": 1})
+    policy = MoDEPolicy(META, **{**args, **kw})
+    rng = np.random.default_rng(0)
+    policy.set_normalizer(Normalizer.fit({"action": rng.uniform(-3, 5, (200, 2)), "state": rng.normal(size=(200, 4))}))
+    return policy.eval()
+
+
+def _obs(b=3):
+    g = torch.Generator().manual_seed(1)
+    return {"state": torch.randn(b, 2, 4, generator=g), "instruction": [INSTRUCTIONS[i % 3] for i in range(b)]}
+
+
+def _predict(policy, obs, seed=0):
+    policy.generator = torch.Generator().manual_seed(seed)
+    return policy.predict_action(obs)
+
+
+def test_fused_experts_equal_the_weighted_sum():
+    torch.manual_seed(0)
+    moe = NoiseRoutedMoE(16, 24, num_experts=3, top_k=2, shared_expert=True)
+    x = torch.randn(5, 16)
+    fused = fuse_swiglus([moe.experts[2], moe.experts[0], moe.shared], [0.7, 0.3, 1.0])
+    want = 0.7 * moe.experts[2](x) + 0.3 * moe.experts[0](x) + moe.shared(x)
+    torch.testing.assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,steps,shared", [("ddim", 10, False), ("heun", 4, True), ("dpm_solver_pp", 5, False)])
+def test_cached_experts_equal_the_router_path(sampler, steps, shared):
+    policy = _mode(shared_expert=shared)
+    policy.set_sampler(sampler, steps)
+    obs = _obs()
+    policy.expert_cache = False
+    plain = _predict(policy, obs)
+    assert all(not f.step_cache for f in policy._routed_ffns())
+    policy.expert_cache = True
+    cached = _predict(policy, obs)
+    ffns = policy._routed_ffns()
+    assert all(len(f.step_cache) == policy.sampler.network_calls() + 1 for f in ffns)  # + the prefix pass
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
+
+
+def test_cached_path_runs_no_router_and_rebuilds_when_the_sampler_or_weights_change(monkeypatch):
+    policy = _mode()
+    obs = _obs()
+    _predict(policy, obs)  # builds the cache
+    routed = {"n": 0}
+    for f in policy._routed_ffns():
+        orig = f.route
+        monkeypatch.setattr(f, "route", lambda e, orig=orig: routed.__setitem__("n", routed["n"] + 1) or orig(e))
+    _predict(policy, obs)
+    assert routed["n"] == 0
+    policy.set_sampler("ddim", 3)  # new step count: new levels, new routes
+    _predict(policy, obs)
+    assert all(len(f.step_cache) == 4 for f in policy._routed_ffns())
+    with torch.no_grad():  # an in-place update (as EMA does) invalidates the fused weights
+        for f in policy._routed_ffns():
+            for e in f.experts:
+                e.down.weight.mul_(1.5)
+    cached = _predict(policy, obs)
+    policy.expert_cache = False
+    torch.testing.assert_close(cached, _predict(policy, obs), atol=1e-5, rtol=0)
+
+
+def test_language_changes_the_prediction_and_is_required():
+    policy = _mode()
+    obs = _obs(2)
+    with torch.no_grad():
+        torch.nn.init.normal_(policy.language.embed.weight)  # a fresh network barely reads its condition
+        for blk in policy.dit.blocks:
+            torch.nn.init.normal_(blk.attn.proj.weight, std=0.5)
+        torch.nn.init.normal_(policy.head.proj.weight, std=0.5)
+    a = _predict(policy, {**obs, "instruction": [INSTRUCTIONS[0]] * 2})
+    b = _predict(policy, {**obs, "instruction": [INSTRUCTIONS[1]] * 2})
+    assert not torch.allclose(a, b)
+    with pytest.raises(KeyError, match="instruction"):
+        policy.predict_action({"state": obs["state"]})
+    with pytest.raises(ValueError, match="3 strings for a batch of 2"):
+        policy.predict_action({**obs, "instruction": INSTRUCTIONS})
+
+
+def test_word_tokenizer_and_unknown_words():
+    tok = WordTokenizer(INSTRUCTIONS)
+    ids, valid = tok(["Open the DRAWER!", "open the fridge"])
+    assert ids.shape == (2, 3) and valid.all()
+    assert ids[0].tolist()[:2] == ids[1].tolist()[:2] and ids[1, 2] == 1  # 'fridge' -> <unk>
+    enc = BuiltinTextEncoder(INSTRUCTIONS, 16, layers=1)
+    assert enc(["open the drawer", "press the button from the top"]).shape == (2, 16)
+
+
+def test_pretrained_language_encoder_errors_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        make_language_encoder({"encoder": "pretrained", "path": str(tmp_path / "clip")}, INSTRUCTIONS, 16)
+    with pytest.raises(ValueError, match="needs language.path"):
+        make_language_encoder({"encoder": "pretrained"}, INSTRUCTIONS, 16)
+    with pytest.raises(ValueError, match="builtin"):
+        make_language_encoder({"encoder": "clip"}, INSTRUCTIONS, 16)
+
+
+def test_balance_loss_and_router_stats_in_the_loss():
+    policy = _mode().train()
+    batch = {"obs": {"state": torch.randn(16, 2, 4)}, "action": torch.rand(16, 8, 2),
+             "task_id": torch.arange(16) % 3}
+    out = policy.compute_loss(batch)
+    assert set(out) >= {"loss", "mse", "balance_loss"}
+    assert any(k.startswith("router/usage_b") for k in out) and any(k.startswith("router/entropy_b") for k in out)
+    torch.testing.assert_close(out["loss"], out["mse"] + 0.01 * out["balance_loss"])
+    out["balance_loss"].backward()
+    assert all(f.router.weight.grad.abs().sum() > 0 for f in policy._routed_ffns())
+
+
+def test_denoiser_active_parameters_are_under_60_percent_at_the_default_shape():
+    meta = {"action": [4], "obs": {"state": [39]}, "instructions": INSTRUCTIONS}
+    policy = MoDEPolicy(meta, dim=192, depth=4, heads=4, action_patch=4, language={"encoder": "builtin"})
+    dit_total = sum(p.numel() for p in policy.dit.parameters())
+    per_expert = sum(p.numel() for p in policy._routed_ffns()[0].experts[0].parameters())
+    assert policy.active_parameters(policy.dit) == dit_total - 4 * 2 * per_expert  # 2 idle experts x 4 layers
+    assert policy.active_parameters(policy.dit) / dit_total <= 0.6
+    assert policy.active_parameters() < policy.num_parameters()
+
+
+def test_tiny_mode_trains_on_toy_and_reloads(tmp_path):
+    data = toy_dataset(tmp_path, n_episodes=20)
+    cfg = train_cfg(data, tmp_path / "run", "policy=mode", *TINY_DIT, "policy.language.layers=1",
+                    "training.steps=100", "training.checkpoint_every=100")
+    trainer = Trainer(cfg)
+    result = trainer.run()
+    losses = trainer.history["loss"]
+    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:5]), losses
+    assert "balance_loss" in trainer.last_metrics
+    policy = Policy.from_checkpoint(result["checkpoint"])
+    assert isinstance(policy, MoDEPolicy)
+    state_dim = policy.config["shape_meta"]["obs"]["state"][0]
+    obs = {"state": torch.zeros(1, 2, state_dim), "instruction": [policy.instructions[0]]}
+    assert policy.predict_action(obs).shape[1] == 8
