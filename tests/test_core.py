@@ -2,17 +2,19 @@ import pytest
 import torch
 
 from dp.core import DiT
-from dp.core.layers import modulate
+from dp.core.layers import RMSNorm, modulate
 
 
 def _randomize_zero_inits(dit: DiT) -> None:
     """A trained-looking model: the zero-initialised projections get random weights."""
     g = torch.Generator().manual_seed(0)
     for b in dit.blocks:
-        b.ada[1].weight.data = 0.05 * torch.randn(b.ada[1].weight.shape, generator=g)
+        if b.ada is not None:
+            b.ada[1].weight.data = 0.05 * torch.randn(b.ada[1].weight.shape, generator=g)
         if b.cross is not None:
             b.cross.proj.weight.data = 0.05 * torch.randn(b.cross.proj.weight.shape, generator=g)
-    dit.final_ada[1].weight.data = 0.05 * torch.randn(dit.final_ada[1].weight.shape, generator=g)
+    if dit.final_ada is not None:
+        dit.final_ada[1].weight.data = 0.05 * torch.randn(dit.final_ada[1].weight.shape, generator=g)
 
 
 @pytest.mark.parametrize("cond_mode", ["prefix", "cross", "alternating"])
@@ -84,10 +86,11 @@ def test_bad_shapes_and_options():
         DiT(dim=32, depth=1, heads=4, norm="batch")
 
 
-def test_prepared_level_terms_equal_direct_computation():
+@pytest.mark.parametrize("level_cond,level_token", [("adaln", False), ("add", True), ("add", False)])
+def test_prepared_level_terms_equal_direct_computation(level_cond, level_token):
     torch.manual_seed(3)
     for context in (None, torch.randn(2, 32)):
-        dit = DiT(dim=32, depth=2, heads=4)
+        dit = DiT(dim=32, depth=2, heads=4, level_cond=level_cond, level_token=level_token)
         _randomize_zero_inits(dit)
         x, cond = torch.randn(2, 6, 32), torch.randn(2, 3, 32)
         levels = torch.tensor([1.0, 0.7, 0.3, 0.0])
@@ -132,3 +135,23 @@ def test_action_patches_group_consecutive_actions():
     assert delta[:, :4].min() > 0 and delta[:, 4:].max() == 0
     with pytest.raises(ValueError, match="must divide the horizon"):
         ActionTokenizer(3, 32, horizon=8, patch=3)
+
+
+def test_rms_norm_matches_torch():
+    x = 3 * torch.randn(4, 5, 64)
+    torch.testing.assert_close(RMSNorm(64)(x), torch.nn.RMSNorm(64, eps=1e-6)(x), atol=1e-5, rtol=1e-5)
+
+
+def test_level_token_and_added_level_conditioning():
+    """MoDE's block: the level embedding is added before attention and prepended as a token;
+    the output keeps the input's tokens, and the level reaches every token."""
+    torch.manual_seed(0)
+    dit = DiT(dim=32, depth=2, heads=4, norm="rms", qk_norm=True, level_cond="add", level_token=True)
+    assert all(b.ada is None for b in dit.blocks) and dit.final_ada is None
+    x, cond = torch.randn(2, 6, 32), torch.randn(2, 3, 32)
+    a = dit(x, torch.full((2, 6), 0.2), cond=cond)
+    b = dit(x, torch.full((2, 6), 0.8), cond=cond)
+    assert a.shape == x.shape and (a - b).abs().amax(-1).min() > 1e-4
+    # per-token levels: the level token takes the first token's level
+    mixed = torch.tensor([[0.2] * 3 + [0.8] * 3] * 2)
+    assert dit(x, mixed, cond=cond).shape == x.shape

@@ -18,7 +18,8 @@ META = {"action": [2], "obs": {"state": [4]}, "instructions": INSTRUCTIONS}
 
 def _mode(**kw):
     torch.manual_seed(0)
-    args = dict(dim=32, depth=2, heads=2, horizon=8, n_action_steps=4, num_experts=4, top_k=2,
+    moe = {"num_experts": 4, "top_k": kw.pop("top_k", 2), "shared_expert": kw.pop("shared_expert", False)}
+    args = dict(dim=32, depth=2, heads=2, horizon=8, n_action_steps=4, moe=moe,
                 language={"encoder": "builtin", "layers": 1})
     policy = MoDEPolicy(META, **{**args, **kw})
     rng = np.random.default_rng(0)
@@ -153,3 +154,52 @@ def test_tiny_mode_trains_on_toy_and_reloads(tmp_path):
     state_dim = policy.config["shape_meta"]["obs"]["state"][0]
     obs = {"state": torch.zeros(1, 2, state_dim), "instruction": [policy.instructions[0]]}
     assert policy.predict_action(obs).shape[1] == 8
+
+
+def test_routing_table_and_plot(tmp_path):
+    from dp.eval.routing import plot_routing, routing_table
+
+    policy = _mode()
+    table = routing_table(policy, n_levels=11)
+    assert len(table["layers"]) == 2 and np.asarray(table["layers"][0]["probs"]).shape == (11, 4)
+    assert all(0 <= layer["specialisation_tv"] <= 1 for layer in table["layers"])
+    assert np.asarray(table["layers"][0]["chosen"]).sum(-1).tolist() == [2] * 11
+    assert plot_routing(table, tmp_path / "r.png").stat().st_size > 1000
+
+
+def test_moe_is_a_dit_option_and_bad_options_are_named():
+    from dp.policies import DiTPolicy
+
+    policy = DiTPolicy(META, dim=32, depth=2, heads=2, horizon=8, n_action_steps=4, ffn="moe", moe={"top_k": 1})
+    assert len(policy._routed_ffns()) == 2 and policy._routed_ffns()[0].top_k == 1
+    with pytest.raises(ValueError, match="ffn must be one of"):
+        DiTPolicy(META, dim=32, depth=1, heads=2, ffn="sparse")
+    with pytest.raises(ValueError, match="unknown moe option"):
+        DiTPolicy(META, dim=32, depth=1, heads=2, ffn="moe", moe={"experts": 8})
+
+
+def _tiny_local_text_model(path):
+    """A randomly initialised 2-layer BERT and a word-level tokenizer saved to ``path``: the
+    layout a user's local CLIP/BERT directory has, made without any download."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *sorted({w for t in INSTRUCTIONS for w in t.split()})])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=48, max_position_embeddings=32)
+    BertModel(cfg).save_pretrained(path)
+
+
+def test_pretrained_language_encoder_loads_a_local_model_frozen(tmp_path):
+    _tiny_local_text_model(tmp_path / "text")
+    enc = make_language_encoder({"encoder": "pretrained", "path": str(tmp_path / "text")}, INSTRUCTIONS, 16)
+    out = enc(INSTRUCTIONS[:2])
+    assert out.shape == (2, 16) and not torch.allclose(out[0], out[1])
+    assert [n for n, _ in enc.named_parameters()] == ["proj.weight", "proj.bias"]  # the text model stays frozen, outside
+    out.sum().backward()
+    assert enc.proj.weight.grad is not None
+    policy = _mode(language={"encoder": "pretrained", "path": str(tmp_path / "text")})
+    assert policy.predict_action(_obs(2)).shape == (2, 8, 2)

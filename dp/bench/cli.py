@@ -7,6 +7,7 @@ import importlib
 BENCHMARKS = {
     "dataset": "dp.bench.dataset",
     "latency": "dp.bench.latency",
+    "mode": "dp.bench.mode",
     "train_step": "dp.bench.train_step",
 }
 

@@ -16,17 +16,18 @@ from dp.data import Normalizer
 from dp.policies import DiTPolicy, MLPBCPolicy
 
 SHAPE_META = {"action": [4], "obs": {"state": [39]}}
+BASE = {"action_patch": 4}  # configs/policy/dit.yaml's default: 4 actions per token
 CASES = [
-    ("dit", {}, "ddim", 10),
-    ("dit", {}, "ddim", 4),
-    ("dit", {}, "ddim", 2),
-    ("dit", {"action_patch": 4}, "ddim", 10),
-    ("dit", {"action_patch": 4}, "ddim", 2),
-    ("dit", {}, "dpm_solver_pp", 10),
-    ("dit", {}, "dpm_solver_pp", 4),
-    ("dit", {}, "ddpm", 100),
-    ("dit", {"process": {"schedule": "flow", "prediction": "velocity"}}, "euler", 4),
-    ("dit", {"process": {"schedule": "edm", "prediction": "edm"}}, "heun", 5),
+    ("dit", BASE, "ddim", 10),
+    ("dit", BASE, "ddim", 4),
+    ("dit", BASE, "ddim", 2),
+    ("dit", {"action_patch": 1}, "ddim", 10),
+    ("dit", {"action_patch": 1}, "ddim", 2),
+    ("dit", BASE, "dpm_solver_pp", 10),
+    ("dit", BASE, "dpm_solver_pp", 4),
+    ("dit", BASE, "ddpm", 100),
+    ("dit", {**BASE, "process": {"schedule": "flow", "prediction": "velocity"}}, "euler", 4),
+    ("dit", {**BASE, "process": {"schedule": "edm", "prediction": "edm"}}, "heun", 5),
     ("mlp_bc", {}, None, None),
 ]
 # (policy, sampler, steps, torch.compile kwargs): the per-step blocks compiled (DiT.compile_blocks)
@@ -71,7 +72,7 @@ def run(calls: int = 200, device: str = "cpu") -> list[dict]:
         row.update(measure(policy, calls, device=device))
         rows.append(row)
     for name, sampler, steps, kwargs in CUDA_COMPILED_CASES if device.startswith("cuda") else COMPILED_CASES:
-        policy = _policy(name, {}).to(device)
+        policy = _policy(name, BASE).to(device)
         policy.set_sampler(sampler, steps)
         policy.dit.compile_blocks(**kwargs)
         row = {"policy": f"{name} compiled {kwargs.get('mode', 'default')}", "process": "vp_cosine",

@@ -34,7 +34,9 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         for task in tasks
     ]
     summary = summarize(results)
+    per_task = [v["success_rate"] for v in summary["per_task"].values()]
     summary.update({
+        "mean_task_success": sum(per_task) / len(per_task),  # equals success_rate when tasks have equal episodes
         "checkpoint": str(ckpt),
         "task": cfg["task"]["name"],
         "policy": cfg["policy"]["_target_"].rsplit(".", 1)[-1],
@@ -61,6 +63,7 @@ def report_markdown(s: dict) -> str:
         f"- success: **{s['success_rate']:.1%}** over {s['episodes']} episodes (Wilson 95% CI {lo:.1%}-{hi:.1%})",
         f"- predict_action latency (batch {s['latency_ms']['batch']}): median {s['latency_ms']['median']:.1f} ms, "
         f"p99 {s['latency_ms']['p99']:.1f} ms over {s['latency_ms']['calls']} calls",
+        f"- mean of the per-task success rates: {s['mean_task_success']:.1%} over {len(s['per_task'])} task(s)",
         f"- evaluation seeds {s['seeds'][0]}..{s['seeds'][1]} (disjoint from collection seeds)",
         "",
         "| task | success | episodes | Wilson 95% | mean length |",

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
 from dp.core.dit import PREFIX_STEP
+from dp.core.moe import moe_ffn
 from dp.diffusion import GaussianProcess, make_sampler
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
@@ -19,6 +20,10 @@ from dp.policies.base import Policy
 
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "eps", "train_steps": 100, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
+FFNS = ("dense", "moe")
+# ffn "moe": MoDE's defaults (4 SwiGLU experts, top-2, balance loss weight 0.01)
+DEFAULT_MOE = {"num_experts": 4, "top_k": 2, "shared_expert": False, "balance_weight": 0.01}
+LEVEL_BUCKETS = 4  # router statistics are reported for levels in [0, .25), [.25, .5), ...
 INITIAL_NOISE = ("episode", "call")  # draw the sampler's starting noise once per episode, or per prediction
 
 
@@ -44,6 +49,8 @@ class DiTPolicy(Policy):
         level_cond: str = "adaln",
         level_token: bool = False,
         language: dict | None = None,
+        ffn: str = "dense",
+        moe: dict | None = None,
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -56,8 +63,19 @@ class DiTPolicy(Policy):
         self.process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
         self.sampler = make_sampler(**{**DEFAULT_SAMPLER, **(sampler or {})})
         self.obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
+        if ffn not in FFNS:
+            raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}.")
+        moe = {**DEFAULT_MOE, **(moe or {})}
+        unknown = sorted(set(moe) - set(DEFAULT_MOE))
+        if unknown:
+            raise ValueError(f"unknown moe option(s) {unknown}; allowed: {sorted(DEFAULT_MOE)}.")
+        if moe["balance_weight"] < 0:
+            raise ValueError(f"moe.balance_weight must be >= 0, got {moe['balance_weight']}.")
+        self.balance_weight = float(moe["balance_weight"])
+        ffn_factory = {} if ffn == "dense" else {
+            "ffn": moe_ffn(int(moe["num_experts"]), int(moe["top_k"]), bool(moe["shared_expert"]))}
         self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, level_cond=level_cond,
-                       level_token=level_token, **self._dit_extra())
+                       level_token=level_token, **ffn_factory)
         self.instructions = list(shape_meta.get("instructions") or [])
         self.language = make_language_encoder(language, self.instructions, dim) if language else None
         self.action_patch = action_patch
@@ -71,10 +89,6 @@ class DiTPolicy(Policy):
         self.expert_cache = True  # fused per-call experts at inference, when the ffn is routed
         self._call_levels: list[float] | None = None
         self._expert_cache_for: tuple | None = None
-
-    def _dit_extra(self) -> dict:
-        """Extra DiT arguments for subclasses (e.g. a mixture-of-experts ffn)."""
-        return {}
 
     def reset(self) -> None:
         super().reset()
@@ -208,8 +222,34 @@ class DiTPolicy(Policy):
         x_t = self.process.add_noise(x0, noise, level)
         pred = self.network(x_t, level, cache)
         loss = F.mse_loss(pred.float(), self.process.target(x0, noise, level))
-        self.last_levels = level[:, 0].detach()  # [B], for per-level statistics in subclasses
-        return {"loss": loss}
+        out = {"loss": loss}
+        ffns = self._routed_ffns()
+        if ffns:  # mixture of experts: balance loss, and router statistics to log beside it
+            balance = torch.stack([f.aux_loss for f in ffns]).mean()
+            out.update(mse=loss, balance_loss=balance, loss=loss + self.balance_weight * balance)
+            out.update(self.router_stats(level[:, 0]))
+        return out
+
+    @torch.no_grad()
+    def router_stats(self, levels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Router entropy and expert usage per level bucket, averaged over layers, from the last
+        forward pass. levels: [B], one level per sample. Keys ``router/entropy_b{j}`` and
+        ``router/usage_b{j}_e{e}`` (share of the k assignments that went to expert e)."""
+        ffns = self._routed_ffns()
+        b = levels.shape[0]
+        probs = torch.stack([f.last_probs.reshape(b, -1, f.num_experts).mean(1) for f in ffns])  # [L, B, E]
+        usage = torch.stack([(f.last_gates.reshape(b, -1, f.num_experts) > 0).float().mean(1) / f.top_k
+                             for f in ffns])  # [L, B, E]
+        entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)  # [L, B]
+        bucket = (levels * LEVEL_BUCKETS).long().clamp(0, LEVEL_BUCKETS - 1)
+        stats = {}
+        for j in range(LEVEL_BUCKETS):
+            rows = bucket == j
+            if rows.any():
+                stats[f"router/entropy_b{j}"] = entropy[:, rows].mean()
+                for e, u in enumerate(usage[:, rows].mean((0, 1))):
+                    stats[f"router/usage_b{j}_e{e}"] = u
+        return stats
 
     @torch.inference_mode()
     def predict_action(self, obs: dict) -> torch.Tensor:
