@@ -19,8 +19,10 @@ def _train_and_roll_out(tmp_path, policy: str, *overrides):
 
 
 def test_dit_reaches_both_modes_and_mlp_bc_does_not(tmp_path):
+    # one token per action: the toy's turns are sharp, and at this tiny size 4 actions per token (the
+    # config default) scored 84% in one run, against 98% with 1
     success, left, right = _train_and_roll_out(
-        tmp_path, "dit", "policy.dim=64", "policy.depth=2", "policy.heads=4", "training.steps=2000",
+        tmp_path, "dit", "policy.dim=64", "policy.depth=2", "policy.heads=4", "policy.action_patch=1", "training.steps=2000",
         "training.lr=3e-3")
     assert success >= 0.9, success
     assert left >= 0.25 and right >= 0.25, (left, right)
