@@ -223,6 +223,7 @@ class MetaWorldEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, shape=(4,), dtype=np.float32)
 
         self._renderers: dict[tuple[int, bool], object] = {}
+        self._camera = self._mj_camera()  # built once: frames are rendered every step in image mode
         self._seeded = False
         self._t = 0
 
@@ -254,7 +255,7 @@ class MetaWorldEnv(gym.Env):
 
     def _frame(self, size: int, msaa: bool = False) -> np.ndarray:
         r = self._renderer(size, msaa)
-        r.update_scene(self._env.data, camera=self._mj_camera())
+        r.update_scene(self._env.data, camera=self._camera)
         img = r.render()
         if self.camera == "corner":  # mounted upside down: rotate 180 degrees
             img = img[::-1, ::-1]

@@ -84,6 +84,8 @@ def test_bad_shapes_and_options():
         DiT(dim=32, depth=1, heads=4, cond_mode="concat")
     with pytest.raises(ValueError, match="norm must be one of"):
         DiT(dim=32, depth=1, heads=4, norm="batch")
+    with pytest.raises(ValueError, match="level_cond must be one of"):
+        DiT(dim=32, depth=1, heads=4, level_cond="concat")
 
 
 @pytest.mark.parametrize("level_cond,level_token", [("adaln", False), ("add", True), ("add", False)])

@@ -64,15 +64,16 @@ class Sampler:
         moving = grid[:-1] > grid[1:]  # [S, B, N]; tokens already at their final level stay put
         all_moving = bool(moving.all())
         ends = (grid[1:] <= 0).reshape(grid.shape[0] - 1, -1)
+        ends_all, ends_any = ends.all(1).tolist(), ends.any(1).tolist()  # one host sync, not one per step
         # alpha and sigma of the whole grid in one batched call, looked up by the steps below
         with process.remember_levels(rows, *process.alpha_sigma(grid)):
             for i in range(grid.shape[0] - 1):
                 t, s = rows[i], rows[i + 1]
                 x0 = denoise(x, t)
                 stepped = self.step(denoise, process, x, x0, t, s, generator)
-                if bool(ends[i].all()):
+                if ends_all[i]:
                     stepped = x0  # a step that ends at level 0 returns x0_hat
-                elif bool(ends[i].any()):
+                elif ends_any[i]:
                     stepped = torch.where(_bcast(s <= 0, x), x0, stepped)
                 x = stepped if all_moving else torch.where(_bcast(moving[i], x), stepped, x)
         return x

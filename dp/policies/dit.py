@@ -7,12 +7,14 @@ vp_cosine with 100 training steps and epsilon prediction, DDIM 10 steps at infer
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
 from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
 from dp.core.dit import PREFIX_STEP
-from dp.core.moe import moe_ffn
+from dp.core.moe import NoiseRoutedMoE, moe_ffn
 from dp.diffusion import GaussianProcess, make_sampler
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
@@ -112,8 +114,8 @@ class DiTPolicy(Policy):
         return ["action", *self.lowdim]
 
     # -------------------------------------------------------------- expert caching
-    def _routed_ffns(self) -> list:
-        return [blk.ffn for blk in self.dit.blocks if hasattr(blk.ffn, "build_cache")]
+    def _routed_ffns(self) -> list[NoiseRoutedMoE]:
+        return [blk.ffn for blk in self.dit.blocks if isinstance(blk.ffn, NoiseRoutedMoE)]
 
     def _expert_cache_key(self) -> tuple:
         """What the cached routes depend on: the sampler and the ffn weights (in-place updates,
@@ -145,7 +147,7 @@ class DiTPolicy(Policy):
         total = sum(p.numel() for p in module.parameters())
         idle = 0
         for f in module.modules():
-            if hasattr(f, "build_cache"):
+            if isinstance(f, NoiseRoutedMoE):
                 per_expert = sum(p.numel() for p in f.experts[0].parameters())
                 idle += (f.num_experts - f.top_k) * per_expert
         return total - idle
@@ -261,7 +263,7 @@ class DiTPolicy(Policy):
                                 prefix_step=PREFIX_STEP if cached else None)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         x = self.prior_sample(b)
-        calls = iter(range(1 << 30))
+        calls = itertools.count()
 
         def denoise(x_t, level):
             i = next(calls)
