@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dp.core.moe import NoiseRoutedMoE, fuse_swiglus
+from dp.core.moe import NoiseRoutedMoE, contiguous_order, fuse_swiglus
 from dp.data import Normalizer
 from dp.encoders.language import BuiltinTextEncoder, WordTokenizer, make_language_encoder
 from dp.policies import Policy
@@ -44,6 +44,26 @@ def test_fused_experts_equal_the_weighted_sum():
     fused = fuse_swiglus([moe.experts[2], moe.experts[0], moe.shared], [0.7, 0.3, 1.0])
     want = 0.7 * moe.experts[2](x) + 0.3 * moe.experts[0](x) + moe.shared(x)
     torch.testing.assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups,slots", [
+    ([(0, 2), (2, 3), (1, 3)], 4),           # a path: no expert repeats
+    ([(0, 1), (2, 3), (0, 2), (1, 3)], 5),   # a cycle: one must repeat
+    ([(0, 1, 4), (1, 2, 4)], 4),             # with a shared expert (index 4) in every group
+])
+def test_every_group_is_one_window_of_the_bank_order(groups, slots):
+    order = contiguous_order(groups)
+    assert len(order) == slots
+    for g in groups:
+        assert any(set(order[i:i + len(g)]) == set(g) for i in range(len(order))), (g, order)
+
+
+def test_cached_calls_share_one_bank_per_layer():
+    policy = _mode()
+    _predict(policy, _obs())
+    for f in policy._routed_ffns():
+        banks = {fused.w_in.untyped_storage().data_ptr() for fused in f.step_cache.values()}
+        assert len(banks) == 1  # every call's weights are views of one bank
 
 
 @pytest.mark.parametrize("sampler,steps,shared", [("ddim", 10, False), ("heun", 4, True), ("dpm_solver_pp", 5, False)])

@@ -13,6 +13,9 @@ Variants (Meta-World state shapes, language on, dim 192, action_patch 4):
   once per level);
 - ``dit depth 4 mlp x8``: a dense DiT whose MLP is as wide as mode's two active experts
   together, so the same matmuls per token;
+- ``dit mode-block mlp x8``: the same dense MLP in MoDE's block (noise added + noise token,
+  RMSNorm, QK-norm, no adaLN): the dense DiT with mode's active parameter count and
+  architecture, so the difference to ``mode cached`` is what sparse experts cost;
 - ``dit depth 8``: the dense DiT with about mode's total parameters.
 """
 from __future__ import annotations
@@ -26,12 +29,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from dp.bench.common import result_name, sync, write_result
 from dp.data import Normalizer
 from dp.policies import DiTPolicy
-from dp.policies.mode import MoDEPolicy
+from dp.policies.mode import MODE_DEFAULTS, MoDEPolicy
 
 INSTRUCTIONS = ["push the puck to the goal", "open the drawer"]
 SHAPE_META = {"action": [4], "obs": {"state": [39]}, "instructions": INSTRUCTIONS}
 COMMON = {"dim": 192, "heads": 4, "action_patch": 4, "language": {"encoder": "builtin", "layers": 2},
           "sampler": {"name": "ddim", "steps": 10}}
+
+
+MODE_BLOCK = {k: v for k, v in MODE_DEFAULTS.items() if k != "ffn"}
 
 
 def _fit(policy):
@@ -51,6 +57,7 @@ def variants() -> dict:
         "mode uncached": uncached,
         "dit depth 4": _fit(DiTPolicy(SHAPE_META, depth=4, **COMMON)),
         "dit depth 4 mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **COMMON)),
+        "dit mode-block mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **MODE_BLOCK, **COMMON)),
         "dit depth 8": _fit(DiTPolicy(SHAPE_META, depth=8, **COMMON)),
     }
 
