@@ -174,7 +174,22 @@ class Heun(Euler):
 SAMPLERS = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP, Euler, Heun)}
 
 
-def make_sampler(name: str, steps: int = 10) -> Sampler:
+POLICY_SAMPLERS = ("streaming", "truncated")  # need the policy (its buffer, its anchors); built here
+
+
+def make_sampler(name: str, steps: int = 10, **options):
+    """A sampler by name. ``options`` go to samplers that take them (streaming: ``base``;
+    truncated: ``level``, ``fallback_score``, ``fallback``, ``fallback_steps``)."""
+    if name == "streaming":
+        from dp.diffusion.streaming import StreamingSampler
+
+        return StreamingSampler(steps, **options)
+    if name == "truncated":
+        from dp.diffusion.truncated import TruncatedSampler
+
+        return TruncatedSampler(steps, **options)
     if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}.")
+        raise ValueError(f"sampler must be one of {sorted(SAMPLERS) + list(POLICY_SAMPLERS)}, got {name!r}.")
+    if options:
+        raise ValueError(f"sampler {name!r} takes no options besides steps; got {sorted(options)}.")
     return SAMPLERS[name](steps)

@@ -20,7 +20,8 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(ckpt, ema=ema, device=device)
     if sampler:
-        policy.set_sampler(sampler["name"], int(sampler["steps"]))
+        options = {k: v for k, v in sampler.items() if k not in ("name", "steps")}
+        policy.set_sampler(sampler["name"], int(sampler["steps"]), **options)
     policy.generator = torch.Generator(device=device).manual_seed(seed)
     attrs = cfg.get("dataset_attrs", {}) or {}
     tasks = attrs.get("tasks") or [cfg["task"]["env"]]
@@ -44,6 +45,8 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         "seeds": [seeds[0], seeds[-1]],
         "videos": [v for r in results for v in r["videos"]],
     })
+    if getattr(policy.sampler, "rows", 0):  # truncated sampling: how often rows fell back to full sampling
+        summary["fallback_rate"] = policy.sampler.fallbacks / policy.sampler.rows
     lat = [x * 1000 for r in results for x in r["latency_s"]]
     summary["latency_histogram"] = str(latency_histogram(lat, out / "latency.png",
                                                          f"predict_action latency (batch {n_envs})"))

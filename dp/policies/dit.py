@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +17,9 @@ from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
 from dp.core.dit import PREFIX_STEP
 from dp.core.moe import NoiseRoutedMoE, moe_ffn
 from dp.diffusion import GaussianProcess, make_sampler
+from dp.diffusion.samplers import POLICY_SAMPLERS
+from dp.diffusion.streaming import StreamLayout, staggered_training_levels
+from dp.diffusion.truncated import kmeans, nearest_anchor, sigmoid_focal_loss
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
 from dp.policies.base import Policy
@@ -26,7 +30,14 @@ FFNS = ("dense", "moe")
 # ffn "moe": MoDE's defaults (4 SwiGLU experts, top-2, balance loss weight 0.01)
 DEFAULT_MOE = {"num_experts": 4, "top_k": 2, "shared_expert": False, "balance_weight": 0.01}
 LEVEL_BUCKETS = 4  # router statistics are reported for levels in [0, .25), [.25, .5), ...
-INITIAL_NOISE = ("episode", "call")  # draw the sampler's starting noise once per episode, or per prediction
+INITIAL_NOISE = ("episode", "call")
+# streaming.train_fraction: share of training samples whose levels are staggered by chunk (SDP: 0.8);
+# 0 trains the usual one level per sample
+DEFAULT_STREAMING = {"train_fraction": 0.0}
+# anchors.count > 0 trains DiffusionDrive's truncated branch beside the usual loss (sampler=truncated);
+# train_level: anchors are noised up to it (DiffusionDrive: 50 of 1000 steps); batch: samples per
+# training batch that run the branch (each with every anchor); weights as in DiffusionDrive
+DEFAULT_ANCHORS = {"count": 0, "train_level": 0.05, "batch": 8, "cls_weight": 10.0, "rec_weight": 8.0}  # draw the sampler's starting noise once per episode, or per prediction
 
 
 class DiTPolicy(Policy):
@@ -53,6 +64,8 @@ class DiTPolicy(Policy):
         language: dict | None = None,
         ffn: str = "dense",
         moe: dict | None = None,
+        streaming: dict | None = None,
+        anchors: dict | None = None,
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -91,10 +104,41 @@ class DiTPolicy(Policy):
         self.expert_cache = True  # fused per-call experts at inference, when the ffn is routed
         self._call_levels: list[float] | None = None
         self._expert_cache_for: tuple | None = None
+        streaming = {**DEFAULT_STREAMING, **(streaming or {})}
+        unknown = sorted(set(streaming) - set(DEFAULT_STREAMING))
+        if unknown:
+            raise ValueError(f"unknown streaming option(s) {unknown}; allowed: {sorted(DEFAULT_STREAMING)}.")
+        if not 0 <= streaming["train_fraction"] <= 1:
+            raise ValueError(f"streaming.train_fraction must be in [0, 1], got {streaming['train_fraction']}.")
+        self.stream_fraction = float(streaming["train_fraction"])
+        if self.stream_fraction > 0 or self.sampler.name == "streaming":
+            self.stream_layout  # noqa: B018  (checks the chunk layout now, not at the first call)
+        anchors = {**DEFAULT_ANCHORS, **(anchors or {})}
+        unknown = sorted(set(anchors) - set(DEFAULT_ANCHORS))
+        if unknown:
+            raise ValueError(f"unknown anchors option(s) {unknown}; allowed: {sorted(DEFAULT_ANCHORS)}.")
+        self.anchor_cfg = anchors
+        self.anchor_score = None
+        if anchors["count"] > 0:
+            if self.process.prediction != "x0":
+                raise ValueError("anchors (truncated diffusion) need process.prediction 'x0', as DiffusionDrive: "
+                                 f"from a small level an anchor moves far, which eps/v targets cannot express; got "
+                                 f"{self.process.prediction!r}. Set policy.process.prediction=x0.")
+            self.anchor_score = torch.nn.Linear(dim, 1)
+            self.register_buffer("anchors", torch.zeros(int(anchors["count"]), horizon, self.action_dim))
+        if self.sampler.name == "truncated" and self.anchor_score is None:
+            raise ValueError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+
+    @property
+    def stream_layout(self) -> StreamLayout:
+        """Chunks of n_action_steps actions from the first executed one (see dp.diffusion.streaming)."""
+        return StreamLayout(self.horizon, self.n_obs_steps - 1, self.n_action_steps, self.action_patch)
 
     def reset(self) -> None:
         super().reset()
         self._episode_noise = None
+        if hasattr(self.sampler, "reset"):
+            self.sampler.reset()
 
     def prior_sample(self, b: int) -> torch.Tensor:
         """The sampler's starting point [B, H, A]: fresh per prediction (``initial_noise="call"``,
@@ -129,7 +173,7 @@ class DiTPolicy(Policy):
         one MLP per call, keyed by the call's index. ``predict_action`` calls this on first
         use and whenever the sampler or the weights change. Nothing to do for a dense ffn."""
         ffns = self._routed_ffns()
-        if not ffns:
+        if not ffns or self.sampler.name in POLICY_SAMPLERS:  # no fixed level per call to route once
             return
         levels = self.sampler.call_levels(self.process)
         with torch.no_grad():
@@ -162,9 +206,14 @@ class DiTPolicy(Policy):
             self.clear_inference_cache()
         return super().train(mode)
 
-    def set_sampler(self, name: str, steps: int) -> None:
-        self.sampler = make_sampler(name, steps)
-        self.config["sampler"] = {"name": name, "steps": steps}
+    def set_sampler(self, name: str, steps: int, **options) -> None:
+        sampler = make_sampler(name, steps, **options)
+        if name == "streaming":
+            sampler.passes(self.stream_layout)  # layout and step count checked before the first call
+        if name == "truncated" and self.anchor_score is None:
+            raise ValueError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+        self.sampler = sampler
+        self.config["sampler"] = {"name": name, "steps": steps, **options}
 
     # -------------------------------------------------------------- pieces
     def encode_obs(self, obs: dict, levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
@@ -197,13 +246,16 @@ class DiTPolicy(Policy):
             raise ValueError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
         return texts
 
-    def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+    def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache, with_score: bool = False):
         """Raw network output for a noisy normalized chunk [B, H, A] at levels [B, H].
 
         With ``action_patch`` p, a token's level is that of its first action (callers keep
-        levels constant within each group of p actions)."""
-        h = self.tokenizer(self.process.model_input(x_t, level))
-        return self.head(self.dit(h, level[:, :: self.action_patch], cache=cache))
+        levels constant within each group of p actions). ``with_score``: also each chunk's anchor
+        score [B] (policies trained with anchors)."""
+        h = self.dit(self.tokenizer(self.process.model_input(x_t, level)), level[:, :: self.action_patch], cache=cache)
+        if with_score:  # truncated diffusion: one score per chunk, from its mean output token
+            return self.head(h), self.anchor_score(h.mean(1)).squeeze(-1)
+        return self.head(h)
 
     def normalize_obs(self, obs: dict) -> dict:
         out = dict(obs)
@@ -219,18 +271,55 @@ class DiTPolicy(Policy):
         x0 = self.normalizer.normalize("action", batch["action"].float())
         b = x0.shape[0]
         cache = self.encode_obs(obs)
-        level = self.process.sample_level((b,), device=x0.device)[:, None].expand(b, self.horizon)
+        if self.stream_fraction > 0:
+            level = staggered_training_levels(self.process, self.stream_layout, b, self.stream_fraction, x0.device)
+        else:
+            level = self.process.sample_level((b,), device=x0.device)[:, None].expand(b, self.horizon)
         noise = torch.randn_like(x0)
         x_t = self.process.add_noise(x0, noise, level)
         pred = self.network(x_t, level, cache)
         loss = F.mse_loss(pred.float(), self.process.target(x0, noise, level))
         out = {"loss": loss}
+        if self.anchor_score is not None:
+            cls, rec = self.anchor_loss(obs, x0)
+            out.update(diffusion_loss=loss, anchor_cls=cls, anchor_rec=rec,
+                       loss=loss + self.anchor_cfg["cls_weight"] * cls + self.anchor_cfg["rec_weight"] * rec)
+            loss = out["loss"]
         ffns = self._routed_ffns()
         if ffns:  # mixture of experts: balance loss, and router statistics to log beside it
             balance = torch.stack([f.aux_loss for f in ffns]).mean()
             out.update(mse=loss, balance_loss=balance, loss=loss + self.balance_weight * balance)
             out.update(self.router_stats(level[:, 0]))
         return out
+
+    def anchor_loss(self, obs: dict, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DiffusionDrive's branch on the first ``anchors.batch`` samples: every anchor noised to
+        a level in (0, train_level], denoised to x0 with a score; focal loss on the scores with
+        the anchor nearest the demonstration as the positive, L1 on that anchor's x0 only."""
+        ba, k = min(int(self.anchor_cfg["batch"]), x0.shape[0]), self.anchors.shape[0]
+        sub = {key: v[:ba] for key, v in obs.items() if key != "instruction"}
+        if "instruction" in obs:
+            sub["instruction"] = list(obs["instruction"])[:ba]
+        cache = self.encode_obs(sub).repeat(k)
+        start = self.anchors.repeat(ba, 1, 1)  # [ba * k, H, A], sample-major like cache.repeat
+        level = torch.rand(ba * k, 1, device=x0.device) * self.anchor_cfg["train_level"]
+        level = level.clamp_min(1e-3).expand(-1, self.horizon)
+        x_t = self.process.add_noise(start, torch.randn_like(start), level)
+        pred, score = self.network(x_t, level, cache, with_score=True)
+        x0_hat = self.process.to_x0(pred.float(), x_t, level).view(ba, k, self.horizon, -1)
+        win = nearest_anchor(x0[:ba], self.anchors)
+        rec = F.l1_loss(x0_hat[torch.arange(ba, device=x0.device), win], x0[:ba])
+        return sigmoid_focal_loss(score.float().view(ba, k), win), rec
+
+    def fit_to_data(self, dataset) -> None:
+        """Data-dependent setup before training (after ``set_normalizer``): the anchors, k-means
+        over every training window's normalized action chunk."""
+        if self.anchor_score is None:
+            return
+        chunks = torch.as_tensor(dataset.get_batch(np.arange(len(dataset)))["action"])
+        chunks = self.normalizer.normalize("action", chunks.to(self.device).float())
+        k = self.anchors.shape[0]
+        self.anchors.copy_(kmeans(chunks.flatten(1), k).view(k, self.horizon, -1).to(self.anchors))
 
     @torch.no_grad()
     def router_stats(self, levels: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -254,15 +343,24 @@ class DiTPolicy(Policy):
         return stats
 
     @torch.inference_mode()
-    def predict_action(self, obs: dict) -> torch.Tensor:
+    def predict_action(self, obs: dict, committed: torch.Tensor | None = None) -> torch.Tensor:
+        """obs -> action chunk [B, H, A] in env units.
+
+        committed: [B, k, A] env units, actions already promised to the robot for the first k
+        executed steps (an async controller executes them while this call runs). They are
+        inpainted: every denoising step's x0 estimate is overwritten there, so the chunk is
+        sampled to continue them (real-time chunking, with hard inpainting in place of RTC's
+        soft guidance). The returned chunk holds them at positions n_obs_steps - 1 onward."""
         obs = self.normalize_obs(self.obs_to_device(obs))
-        cached = self.expert_cache and bool(self._routed_ffns())
+        streaming = self.sampler.name == "streaming"
+        stateful = self.sampler.name in POLICY_SAMPLERS  # streaming/truncated: no fixed level per call
+        cached = self.expert_cache and bool(self._routed_ffns()) and not stateful
         if cached and self._expert_cache_for != self._expert_cache_key():
             self.prepare_inference()
-        cache = self.encode_obs(obs, levels=self.sampler.levels(self.process, self.device),
-                                prefix_step=PREFIX_STEP if cached else None)
+        levels = None if stateful else self.sampler.levels(self.process, self.device)
+        cache = self.encode_obs(obs, levels=levels, prefix_step=PREFIX_STEP if cached else None)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
-        x = self.prior_sample(b)
+        known = self._committed_slice(committed, b)
         calls = itertools.count()
 
         def denoise(x_t, level):
@@ -270,7 +368,76 @@ class DiTPolicy(Policy):
             # the cached route of call i holds only if the call sits where the sampler said it would
             on_grid = cached and i < len(self._call_levels) and bool((level == self._call_levels[i]).all())
             cache.step = i if on_grid else None
-            return self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)
+            x0 = self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)
+            if known is not None:
+                x0 = x0.clone()
+                x0[:, known[0]] = known[1]
+            return x0
 
-        x0 = self.sampler.sample(denoise, self.process, x, generator=self.generator)
+        if self.sampler.name == "truncated":
+            return self.normalizer.unnormalize("action", self._truncated_sample(obs, cache, b, known))
+        if streaming:
+            x0 = self.sampler.call(denoise, self.process, self.stream_layout, lambda: self.prior_sample(b),
+                                   generator=self.generator)
+        else:
+            x0 = self.sampler.sample(denoise, self.process, self.prior_sample(b), generator=self.generator)
         return self.normalizer.unnormalize("action", x0)
+
+    def _truncated_sample(self, obs: dict, cache: ConditionCache, b: int, known) -> torch.Tensor:
+        """Every anchor noised to ``sampler.level``, ``sampler.steps`` DDIM steps on all of them
+        in one batch, the best-scoring chunk per row; rows whose best score is below
+        ``sampler.fallback_score`` are sampled in full instead. -> normalized [B, H, A]."""
+        sampler, k = self.sampler, self.anchors.shape[0]
+        cache_k = cache.repeat(k)
+        start = self.anchors.repeat(b, 1, 1)
+        grid = sampler.levels(self.device)
+        noise = torch.randn(start.shape, device=self.device, generator=self.generator)
+        x = self.process.add_noise(start, noise, grid[0].expand(b * k, self.horizon))
+        scores = {}
+
+        def denoise(x_t, level):
+            pred, scores["last"] = self.network(x_t, level, cache_k, with_score=True)
+            x0 = self.process.to_x0(pred.float(), x_t, level)
+            if known is not None:
+                x0 = x0.clone()
+                x0[:, known[0]] = known[1].repeat_interleave(k, dim=0)
+            return x0
+
+        x0 = sampler.base.sample(denoise, self.process, x, levels=grid, generator=self.generator)
+        score = scores["last"].float().view(b, k)
+        best = score.argmax(1)
+        out = x0.view(b, k, self.horizon, -1)[torch.arange(b, device=self.device), best]
+        unsure = score.max(1).values.sigmoid() < sampler.fallback_score  # outside every anchor's support
+        sampler.rows += b
+        if bool(unsure.any()):
+            rows = unsure.nonzero().flatten()
+            sampler.fallbacks += len(rows)
+            sub = {key: v[rows] for key, v in obs.items() if key != "instruction"}
+            if "instruction" in obs:
+                sub["instruction"] = [obs["instruction"][i] for i in rows.tolist()]
+            full_cache = self.encode_obs(sub)
+            sub_known = None if known is None else (known[0], known[1][rows])
+
+            def denoise_full(x_t, level):
+                x0 = self.process.to_x0(self.network(x_t, level, full_cache).float(), x_t, level)
+                if sub_known is not None:
+                    x0 = x0.clone()
+                    x0[:, sub_known[0]] = sub_known[1]
+                return x0
+
+            out[rows] = sampler.fallback.sample(denoise_full, self.process, self.prior_sample(len(rows))[: len(rows)],
+                                                generator=self.generator)
+        return out
+
+    def _committed_slice(self, committed: torch.Tensor | None, b: int):
+        """(positions, normalized actions [B, k, A]) for ``committed``, or None."""
+        if committed is None:
+            return None
+        committed = torch.as_tensor(committed, device=self.device).float()
+        start = self.n_obs_steps - 1
+        k = committed.shape[1] if committed.dim() == 3 else -1
+        if committed.dim() != 3 or committed.shape[0] != b or committed.shape[2] != self.action_dim \
+                or not 0 < k <= self.horizon - start:
+            raise ValueError(f"committed must be [B={b}, k, A={self.action_dim}] with 1 <= k <= "
+                             f"{self.horizon - start}; got {tuple(committed.shape)}.")
+        return slice(start, start + k), self.normalizer.normalize("action", committed)

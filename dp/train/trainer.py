@@ -109,6 +109,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.policy = instantiate(policy_cfg, _convert_="all").to(self.device)
         self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
+        if hasattr(self.policy, "fit_to_data"):  # e.g. anchors for truncated diffusion (resuming reloads them)
+            self.policy.fit_to_data(self.dataset)
         self.policy.to(self.device)
         self.ema = EMA(self.policy, **cfg.training.ema) if cfg.training.ema else None
 

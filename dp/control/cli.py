@@ -1,0 +1,84 @@
+"""`dp-control checkpoint=PATH robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dp.collect import CONFIG_DIR, EVAL_SEED_BASE
+from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
+from dp.train.checkpoint import CheckpointError, load_config, load_policy, resolve
+
+ROBOTS = ("sim",)
+
+
+def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | None = None, max_steps: int | None = None,
+                       duration_s: float | None = 60.0, max_ticks: int | None = None, output_dir: str | None = None,
+                       ema: bool = True, device: str = "cpu", seed: int = 0, sampler: dict | None = None,
+                       **loop_options) -> dict:
+    """Load a checkpoint, build its robot, run the loop; the summary (also in output_dir/summary.json).
+
+    ``loop_options`` are ``LoopConfig`` fields (hz, mode, async_blend, stall, ...)."""
+    if robot not in ROBOTS:
+        raise ValueError(f"robot must be one of {list(ROBOTS)}, got {robot!r}.")
+    if duration_s is not None and not (isinstance(duration_s, (int, float)) and duration_s > 0):
+        raise ValueError(f"duration_s must be > 0 or null, got {duration_s!r}.")
+    config = LoopConfig(max_ticks=max_ticks, **loop_options)  # bad values fail before anything loads
+    if config.max_ticks is None and duration_s is not None:
+        config.max_ticks = max(1, round(duration_s * config.hz))
+    ckpt = resolve(checkpoint)
+    cfg = load_config(ckpt)
+    policy = load_policy(ckpt, ema=ema, device=device)
+    if sampler:
+        options = {k: v for k, v in sampler.items() if k not in ("name", "steps")}
+        policy.set_sampler(sampler["name"], int(sampler["steps"]), **options)
+    check_policy_for_mode(policy, config.mode)
+    policy.generator = torch.Generator(device=device).manual_seed(seed)
+    # the task and env options the way dp-eval finds them
+    attrs = cfg.get("dataset_attrs", {}) or {}
+    task = task or (attrs.get("tasks") or [cfg["task"]["env"]])[0]
+    env_options = attrs.get("env_options") or {}
+    if EVAL_SEED_BASE <= int(cfg.get("collection_seeds_max", -1)):
+        raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+    out = Path(output_dir) if output_dir else ckpt.parent.parent / "control"
+    from dp.control.robot import SimRobot
+
+    sim = SimRobot(task, env_options, max_steps=max_steps)
+    info = {"checkpoint": str(ckpt), "task": task, "robot": robot}
+    try:
+        return ControlLoop(policy, sim, config, out, info=info).run()
+    finally:
+        sim.close()
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="control", version_base=None)
+def _main(cfg: DictConfig) -> None:
+    kwargs = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        s = control_checkpoint(**kwargs)
+    except (CheckpointError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    ms = {k: "-" if s[k] is None else f"{s[k]:.2f}" for k in
+          ("jitter_ms_p50", "jitter_ms_p99", "inference_ms_p50", "inference_ms_p99")}
+    print(f"{s['ticks']} ticks at {s['hz']:g} Hz ({s['mode']}), stopped by {s['stop_reason']}: "
+          f"{s['deadline_misses']} deadline misses ({s['holds']} holds, {s['skipped']} skipped); "
+          f"jitter p50 {ms['jitter_ms_p50']} ms, p99 {ms['jitter_ms_p99']} ms; "
+          f"inference p50 {ms['inference_ms_p50']} ms, p99 {ms['inference_ms_p99']} ms")
+    if s.get("episodes"):
+        rate = f", success {s['success_rate']:.0%}" if s.get("success_rate") is not None else ""
+        print(f"{s['episodes']} episodes{rate}")
+    keys = ("ticks", "deadline_misses", "consecutive_miss_stop", "episodes", "success_rate", "mode", "hz")
+    print(json.dumps({k: s[k] for k in keys}))
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()
