@@ -90,6 +90,10 @@ def test_loop_runs_and_logs_every_tick(tmp_path, mode, blend):
     assert summary["successes"] == sum(e["success"] for e in robot.results)
     assert [e["seed"] for e in robot.results] == [1_000_000_000 + i for i in range(summary["episodes"])]
     assert (tmp_path / "latency_hist.png").stat().st_size > 0
+    # every episode that began got its first chunk before its first tick (the last one may not have begun)
+    assert summary["episode_start_waits"] in (summary["episodes"], summary["episodes"] + 1)
+    first_ticks = [r for prev, r in zip([None] + rows, rows) if prev is None or prev["episode"] != r["episode"]]
+    assert all(r["source"] == "policy" for r in first_ticks)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

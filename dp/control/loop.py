@@ -21,6 +21,9 @@ so the watchdog can hold at the deadline while a prediction is still running. Mo
   ensembling (ACT: the i-th oldest prediction of a tick weighs exp(-ensemble_k * i));
 - ``streaming``: like sync, for a policy whose sampler is ``streaming`` (a few denoising
   passes per call, so each call fits in a tick).
+
+Each episode's first chunk is predicted before its first tick (``start_wait_s``, 0 = off):
+the clock restarts when it arrives, as a robot waits at its start pose after a reset.
 """
 from __future__ import annotations
 
@@ -65,6 +68,7 @@ class LoopConfig:
     torch_threads: int | None = None  # None: 1 in async mode, torch's default otherwise
     warmup: int = 2  # predictions before t0 (caches, first latency estimate)
     send_margin_ms: float = 1.0  # stop waiting for a prediction this long before the tick's end
+    start_wait_s: float = 0.5  # per episode: wait up to this long for its first chunk before its first tick
     progress: bool = False
 
     def __post_init__(self):
@@ -80,7 +84,7 @@ class LoopConfig:
         for name in ("max_ticks", "torch_threads"):
             value = getattr(self, name)
             need(name, value is None or (_integer(value) and value >= 1), "an integer >= 1 or null")
-        for name in ("ensemble_k", "send_margin_ms"):
+        for name in ("ensemble_k", "send_margin_ms", "start_wait_s"):
             need(name, _number(getattr(self, name)) and getattr(self, name) >= 0, "a number >= 0")
         stall = self.stall if isinstance(self.stall, dict) else {"": None}
         every, seconds = stall.get("every", 0), stall.get("seconds", 0.0)
@@ -306,7 +310,7 @@ class ControlLoop:
             blend = "ensemble"
         telemetry = Telemetry(self.output_dir, cfg.hz)
         restore_signals = self._install_signal_handlers()
-        self.stats = {"clipped_actions": 0}
+        self.stats = {"clipped_actions": 0, "start_waits_ms": []}
         t_start = time.perf_counter()
         try:
             self._loop(predictor, telemetry, blend)
@@ -344,6 +348,8 @@ class ControlLoop:
             "n_action_steps": self.policy.n_action_steps,
             "sampler": self._sampler(),
             "stalls_injected": predictor.stalls,
+            "episode_start_waits": len(self.stats["start_waits_ms"]),
+            "episode_start_wait_ms_max": max(self.stats["start_waits_ms"], default=None),
             "clipped_actions": self.stats["clipped_actions"],
             "wall_s": wall_s,
             "machine": {"cpu": machine["cpu"], "cores": machine["cpu_count"], "torch": machine["torch"],
@@ -416,9 +422,34 @@ class ControlLoop:
             job = None
             return pred.latency_s * 1000
 
+        def begin_episode(tick: int) -> None:
+            """An episode's first chunk is predicted before its first tick, as a robot waits at its
+            start pose after a reset: there is no plan yet to execute meanwhile, and a stale
+            prediction of the last episode may still hold the worker. Waits at most start_wait_s,
+            then restarts the clock at ``tick``."""
+            nonlocal job, new_episode, t0, episode, history
+            obs = robot.observe()
+            episode = robot.episode
+            history = deque([obs] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+            queue.clear()
+            if job is not None:
+                stale.append(job.future)
+            t_obs = time.perf_counter()
+            job = _Job(predictor.submit(self._obs_batch(history), None, reset=True), tick, 0, t_obs)
+            new_episode = False
+            try:
+                job.future.result(timeout=cfg.start_wait_s)
+            except FutureTimeout:
+                pass
+            harvest(tick)
+            self.stats["start_waits_ms"].append((time.perf_counter() - t_obs) * 1000)
+            t0 = time.perf_counter() - tick * dt
+
         t0 = time.perf_counter() + dt  # one period of lead: the first tick starts on time
         i = 0
         while self._stop_reason is None and (cfg.max_ticks is None or i < cfg.max_ticks):
+            if cfg.start_wait_s > 0 and (new_episode or robot.episode != episode):
+                begin_episode(i)
             scheduled = t0 + i * dt
             deadline = scheduled + dt
             sleep_until(scheduled)

@@ -38,8 +38,9 @@ class SimRobot:
     """An ``envs`` task advanced one ``env.step`` per ``act``, i.e. in real time at the loop's rate.
 
     When an episode ends (terminated, truncated or ``max_steps``) its result is recorded in
-    ``results`` and the env is reset to the next seed: ``seed_base``, ``seed_base + 1``, ...
-    (evaluation seeds, disjoint from collection seeds, as dp-eval uses them).
+    ``results``, ``episode`` goes up, and the next ``observe`` resets the env to the next seed:
+    ``seed_base``, ``seed_base + 1``, ... (evaluation seeds, disjoint from collection seeds, as
+    dp-eval uses them).
     """
 
     def __init__(self, task: str, env_options: dict | None = None, seed_base: int = EVAL_SEED_BASE,
@@ -63,9 +64,11 @@ class SimRobot:
         self.seed = self.seed_base + self.episode
         self._obs, info = self.env.reset(seed=self.seed)
         self.reports_success = self.reports_success or "is_success" in info
-        self.length, self.success = 0, False
+        self.length, self.success, self._reset_due = 0, False, False
 
     def observe(self) -> dict[str, np.ndarray]:
+        if self._reset_due:  # the env resets here, not in the act that ended the episode: that act's
+            self._start()    # tick is over when the step is, and the loop starts episodes off the clock
         return self._obs
 
     def act(self, action: np.ndarray) -> None:
@@ -77,7 +80,7 @@ class SimRobot:
         if terminated or truncated or (self.max_steps is not None and self.length >= self.max_steps):
             self.results.append({"seed": self.seed, "success": self.success, "length": self.length})
             self.episode += 1
-            self._start()
+            self._reset_due = True
 
     def close(self) -> None:
         self.env.close()
