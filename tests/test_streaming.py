@@ -102,3 +102,19 @@ def test_committed_actions_are_inpainted():
     torch.testing.assert_close(out[:, :2], committed, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="committed must be"):
         policy.predict_action({"state": torch.randn(2, 1, 5)}, committed=torch.zeros(2, 2, 4))
+
+
+def test_mode_streams_through_its_router():
+    """MoDE's routed experts read per-token levels; the expert cache stays off for streaming."""
+    from tests.test_mode import INSTRUCTIONS, _mode
+
+    policy = _mode(n_obs_steps=1, action_patch=4, streaming={"train_fraction": 0.8})
+    policy.set_sampler("streaming", 2)
+    obs = {"state": torch.randn(2, 1, 4), "instruction": INSTRUCTIONS[:2]}
+    a, b = policy.predict_action(obs), policy.predict_action(obs)
+    assert a.shape == b.shape == (2, 8, 2) and torch.isfinite(b).all()
+    assert all(not f.step_cache for f in policy._routed_ffns())
+    policy.train()
+    batch = {"obs": {"state": torch.randn(4, 1, 4), "instruction": INSTRUCTIONS[:2] * 2},
+             "action": torch.randn(4, 8, 2)}
+    assert torch.isfinite(policy.compute_loss(batch)["loss"])
