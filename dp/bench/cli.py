@@ -8,6 +8,7 @@ BENCHMARKS = {
     "dataset": "dp.bench.dataset",
     "latency": "dp.bench.latency",
     "mode": "dp.bench.mode",
+    "sampling": "dp.bench.sampling",
     "train_step": "dp.bench.train_step",
 }
 

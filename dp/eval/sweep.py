@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dp.bench.common import write_result
+from dp.bench.common import sync, write_result
 from dp.eval.evaluate import evaluate_checkpoint
 from dp.eval.rollout import _stack_obs
 from dp.train.checkpoint import load_config, load_policy, resolve
@@ -66,6 +66,7 @@ def cost_per_call(policy, obs: dict, repeats: int = 30) -> dict:
     for _ in range(repeats):
         t0 = time.perf_counter()
         policy.predict_action(obs)
+        sync(str(policy.device))
         times.append(time.perf_counter() - t0)
     return {"gflops": counter.get_total_flops() / 1e9, "passes": calls, "ms": float(np.median(times)) * 1000}
 
@@ -94,6 +95,11 @@ def sweep(checkpoint: str, specs: list[str], episodes: int = 50, n_envs: int = 1
             row["fallback_rate"] = s["fallback_rate"]
         rows.append(row)
         print(row)
+    return add_savings(rows)
+
+
+def add_savings(rows: list[dict]) -> list[dict]:
+    """Each row's FLOPs, passes and latency per action as a saving against the first row's."""
     base = rows[0]
     for r in rows:
         r["flops_saving"] = base["gflops_per_action"] / r["gflops_per_action"]
