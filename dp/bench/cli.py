@@ -20,13 +20,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu",
                         help="cpu | cuda[:N]: where latency and train_step run; results on CUDA are "
                              "written as <name>_cuda.json beside the CPU ones")
+    parser.add_argument("--checkpoint", default=None,
+                        help="mode: time a trained policy=mode checkpoint (its routes) instead of random weights")
     args = parser.parse_args(argv)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
+    if args.checkpoint and names != ["mode"]:
+        parser.error("--checkpoint applies to the mode benchmark only: dp-bench mode --checkpoint PATH")
     for name in names:
-        importlib.import_module(BENCHMARKS[name]).main(device=args.device)
+        extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+        importlib.import_module(BENCHMARKS[name]).main(device=args.device, **extra)
 
 
 if __name__ == "__main__":

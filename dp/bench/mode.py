@@ -46,11 +46,21 @@ def _fit(policy):
     return policy.eval()
 
 
-def variants() -> dict:
+def variants(checkpoint: str | None = None) -> dict:
+    """The policies compared. With ``checkpoint`` (a trained ``policy=mode`` run), both mode
+    variants are its weights, so the routes are the trained ones (random routers pick more
+    varied experts); the dense models keep random weights, which do not change their cost."""
     torch.manual_seed(0)
-    cached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
-    uncached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
-    uncached.load_state_dict(cached.state_dict())
+    if checkpoint is None:
+        cached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
+        uncached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
+        uncached.load_state_dict(cached.state_dict())
+    else:
+        from dp.train.checkpoint import load_policy
+
+        cached, uncached = load_policy(checkpoint).eval(), load_policy(checkpoint).eval()
+        for p in (cached, uncached):
+            p.set_sampler(COMMON["sampler"]["name"], COMMON["sampler"]["steps"])
     uncached.expert_cache = False
     return {
         "mode cached": cached,
@@ -69,9 +79,10 @@ def flops_per_prediction(policy, obs) -> int:
     return counter.get_total_flops()
 
 
-def run(rounds: int = 10, calls: int = 20, device: str = "cpu") -> list[dict]:
-    policies = {k: p.to(device) for k, p in variants().items()}
-    obs = {"state": torch.randn(1, 2, 39), "instruction": [INSTRUCTIONS[0]]}
+def run(rounds: int = 10, calls: int = 20, device: str = "cpu", checkpoint: str | None = None) -> list[dict]:
+    policies = {k: p.to(device) for k, p in variants(checkpoint).items()}
+    instruction = policies["mode cached"].instructions[0] if checkpoint else INSTRUCTIONS[0]
+    obs = {"state": torch.randn(1, 2, 39), "instruction": [instruction]}
     samples = {k: [] for k in policies}
     for p in policies.values():
         for _ in range(5):
@@ -101,12 +112,14 @@ def run(rounds: int = 10, calls: int = 20, device: str = "cpu") -> list[dict]:
     return rows
 
 
-def main(device: str = "cpu") -> None:
-    rows = run(device=device)
-    write_result(result_name("mode_inference", device), rows,
+def main(device: str = "cpu", checkpoint: str | None = None) -> None:
+    rows = run(device=device, checkpoint=checkpoint)
+    name = "mode_inference" if checkpoint is None else "mode_inference_trained"
+    write_result(result_name(name, device), rows,
                  ["policy", "median_ms", "p99_ms", "vs_cached", "gflops", "params_M", "denoiser_params_M",
                   "denoiser_active_M"],
-                 {"batch": 1, "sampler": "ddim", "steps": 10, "threads": torch.get_num_threads()}, device=device)
+                 {"batch": 1, "sampler": "ddim", "steps": 10, "threads": torch.get_num_threads(),
+                  "checkpoint": checkpoint}, device=device)
 
 
 if __name__ == "__main__":
