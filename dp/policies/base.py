@@ -99,3 +99,21 @@ class Policy(nn.Module):
         from dp.train.checkpoint import load_policy
 
         return load_policy(Path(path), ema=ema, device=device)
+
+
+def inpaint(x0: torch.Tensor, known) -> torch.Tensor:
+    """x0 [B, H, A] with ``known`` = (positions, values [B, k, A]) written in (None: x0 as is)."""
+    if known is None:
+        return x0
+    x0 = x0.clone()
+    x0[:, known[0]] = known[1]
+    return x0
+
+
+def select_rows(obs: dict, rows) -> dict:
+    """The observation dict of batch rows ``rows`` (a slice or index tensor); instructions too."""
+    out = {k: v[rows] for k, v in obs.items() if k != "instruction"}
+    if "instruction" in obs:
+        texts = list(obs["instruction"])
+        out["instruction"] = texts[rows] if isinstance(rows, slice) else [texts[i] for i in rows.tolist()]
+    return out

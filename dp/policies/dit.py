@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -19,10 +18,10 @@ from dp.core.moe import NoiseRoutedMoE, moe_ffn
 from dp.diffusion import GaussianProcess, make_sampler
 from dp.diffusion.samplers import POLICY_SAMPLERS
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
-from dp.diffusion.truncated import kmeans, nearest_anchor, sigmoid_focal_loss
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
-from dp.policies.base import Policy
+from dp.policies.anchors import AnchorBranch
+from dp.policies.base import Policy, inpaint
 
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "eps", "train_steps": 100, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
@@ -40,7 +39,7 @@ DEFAULT_STREAMING = {"train_fraction": 0.0}
 DEFAULT_ANCHORS = {"count": 0, "train_level": 0.05, "batch": 8, "cls_weight": 10.0, "rec_weight": 8.0}  # draw the sampler's starting noise once per episode, or per prediction
 
 
-class DiTPolicy(Policy):
+class DiTPolicy(AnchorBranch, Policy):
     def __init__(
         self,
         shape_meta: dict,
@@ -292,35 +291,6 @@ class DiTPolicy(Policy):
             out.update(self.router_stats(level[:, 0]))
         return out
 
-    def anchor_loss(self, obs: dict, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """DiffusionDrive's branch on the first ``anchors.batch`` samples: every anchor noised to
-        a level in (0, train_level], denoised to x0 with a score; focal loss on the scores with
-        the anchor nearest the demonstration as the positive, L1 on that anchor's x0 only."""
-        ba, k = min(int(self.anchor_cfg["batch"]), x0.shape[0]), self.anchors.shape[0]
-        sub = {key: v[:ba] for key, v in obs.items() if key != "instruction"}
-        if "instruction" in obs:
-            sub["instruction"] = list(obs["instruction"])[:ba]
-        cache = self.encode_obs(sub).repeat(k)
-        start = self.anchors.repeat(ba, 1, 1)  # [ba * k, H, A], sample-major like cache.repeat
-        level = torch.rand(ba * k, 1, device=x0.device) * self.anchor_cfg["train_level"]
-        level = level.clamp_min(1e-3).expand(-1, self.horizon)
-        x_t = self.process.add_noise(start, torch.randn_like(start), level)
-        pred, score = self.network(x_t, level, cache, with_score=True)
-        x0_hat = self.process.to_x0(pred.float(), x_t, level).view(ba, k, self.horizon, -1)
-        win = nearest_anchor(x0[:ba], self.anchors)
-        rec = F.l1_loss(x0_hat[torch.arange(ba, device=x0.device), win], x0[:ba])
-        return sigmoid_focal_loss(score.float().view(ba, k), win), rec
-
-    def fit_to_data(self, dataset) -> None:
-        """Data-dependent setup before training (after ``set_normalizer``): the anchors, k-means
-        over every training window's normalized action chunk."""
-        if self.anchor_score is None:
-            return
-        chunks = torch.as_tensor(dataset.get_batch(np.arange(len(dataset)))["action"])
-        chunks = self.normalizer.normalize("action", chunks.to(self.device).float())
-        k = self.anchors.shape[0]
-        self.anchors.copy_(kmeans(chunks.flatten(1), k).view(k, self.horizon, -1).to(self.anchors))
-
     @torch.no_grad()
     def router_stats(self, levels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Router entropy and expert usage per level bucket, averaged over layers, from the last
@@ -361,21 +331,9 @@ class DiTPolicy(Policy):
         cache = self.encode_obs(obs, levels=levels, prefix_step=PREFIX_STEP if cached else None)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         known = self._committed_slice(committed, b)
-        calls = itertools.count()
-
-        def denoise(x_t, level):
-            i = next(calls)
-            # the cached route of call i holds only if the call sits where the sampler said it would
-            on_grid = cached and i < len(self._call_levels) and bool((level == self._call_levels[i]).all())
-            cache.step = i if on_grid else None
-            x0 = self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level)
-            if known is not None:
-                x0 = x0.clone()
-                x0[:, known[0]] = known[1]
-            return x0
-
+        denoise = self._denoiser(cache, known, cached)
         if self.sampler.name == "truncated":
-            return self.normalizer.unnormalize("action", self._truncated_sample(obs, cache, b, known))
+            return self.normalizer.unnormalize("action", self.truncated_sample(obs, cache, b, known))
         if streaming:
             x0 = self.sampler.call(denoise, self.process, self.stream_layout, lambda: self.prior_sample(b),
                                    generator=self.generator)
@@ -383,51 +341,19 @@ class DiTPolicy(Policy):
             x0 = self.sampler.sample(denoise, self.process, self.prior_sample(b), generator=self.generator)
         return self.normalizer.unnormalize("action", x0)
 
-    def _truncated_sample(self, obs: dict, cache: ConditionCache, b: int, known) -> torch.Tensor:
-        """Every anchor noised to ``sampler.level``, ``sampler.steps`` DDIM steps on all of them
-        in one batch, the best-scoring chunk per row; rows whose best score is below
-        ``sampler.fallback_score`` are sampled in full instead. -> normalized [B, H, A]."""
-        sampler, k = self.sampler, self.anchors.shape[0]
-        cache_k = cache.repeat(k)
-        start = self.anchors.repeat(b, 1, 1)
-        grid = sampler.levels(self.device)
-        noise = torch.randn(start.shape, device=self.device, generator=self.generator)
-        x = self.process.add_noise(start, noise, grid[0].expand(b * k, self.horizon))
-        scores = {}
+    def _denoiser(self, cache: ConditionCache, known=None, cached: bool = False):
+        """The sampler's ``denoise(x_t, level) -> x0`` for one prediction: the network, the
+        process's x0, the committed actions inpainted, and the call index for cached routes."""
+        calls = itertools.count()
 
         def denoise(x_t, level):
-            pred, scores["last"] = self.network(x_t, level, cache_k, with_score=True)
-            x0 = self.process.to_x0(pred.float(), x_t, level)
-            if known is not None:
-                x0 = x0.clone()
-                x0[:, known[0]] = known[1].repeat_interleave(k, dim=0)
-            return x0
+            i = next(calls)
+            # the cached route of call i holds only if the call sits where the sampler said it would
+            on_grid = cached and i < len(self._call_levels) and bool((level == self._call_levels[i]).all())
+            cache.step = i if on_grid else None
+            return inpaint(self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level), known)
 
-        x0 = sampler.base.sample(denoise, self.process, x, levels=grid, generator=self.generator)
-        score = scores["last"].float().view(b, k)
-        best = score.argmax(1)
-        out = x0.view(b, k, self.horizon, -1)[torch.arange(b, device=self.device), best]
-        unsure = score.max(1).values.sigmoid() < sampler.fallback_score  # outside every anchor's support
-        sampler.rows += b
-        if bool(unsure.any()):
-            rows = unsure.nonzero().flatten()
-            sampler.fallbacks += len(rows)
-            sub = {key: v[rows] for key, v in obs.items() if key != "instruction"}
-            if "instruction" in obs:
-                sub["instruction"] = [obs["instruction"][i] for i in rows.tolist()]
-            full_cache = self.encode_obs(sub)
-            sub_known = None if known is None else (known[0], known[1][rows])
-
-            def denoise_full(x_t, level):
-                x0 = self.process.to_x0(self.network(x_t, level, full_cache).float(), x_t, level)
-                if sub_known is not None:
-                    x0 = x0.clone()
-                    x0[:, sub_known[0]] = sub_known[1]
-                return x0
-
-            out[rows] = sampler.fallback.sample(denoise_full, self.process, self.prior_sample(len(rows))[: len(rows)],
-                                                generator=self.generator)
-        return out
+        return denoise
 
     def _committed_slice(self, committed: torch.Tensor | None, b: int):
         """(positions, normalized actions [B, k, A]) for ``committed``, or None."""
