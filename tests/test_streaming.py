@@ -83,6 +83,12 @@ def test_streaming_policy_runs_passes_per_call_and_resets():
         policy.set_sampler("streaming", 3)
 
 
+def test_streaming_on_a_policy_not_trained_for_it_warns():
+    policy = _policy()
+    with pytest.warns(UserWarning, match="train_fraction=0.8"):
+        policy.set_sampler("streaming", 2)
+
+
 def test_streaming_training_loss_has_per_token_levels():
     policy = _policy(streaming={"train_fraction": 1.0}).train()
     batch = {"obs": {"state": torch.randn(4, 1, 5)}, "action": torch.randn(4, 16, 3)}

@@ -8,6 +8,7 @@ vp_cosine with 100 training steps and epsilon prediction, DDIM 10 steps at infer
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -209,6 +210,10 @@ class DiTPolicy(AnchorBranch, Policy):
         sampler = make_sampler(name, steps, **options)
         if name == "streaming":
             sampler.passes(self.stream_layout)  # layout and step count checked before the first call
+            if self.stream_fraction == 0:
+                warnings.warn("sampler 'streaming' on a policy trained at one level per sample: it has never seen "
+                              "the buffer's staggered levels, expect poor actions. Train with "
+                              "policy.streaming.train_fraction=0.8.", stacklevel=2)
         if name == "truncated" and self.anchor_score is None:
             raise ValueError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
         self.sampler = sampler
