@@ -68,10 +68,9 @@ def test_truncated_sampling_returns_a_denoised_anchor_and_falls_back_when_unsure
         policy.set_sampler("truncated", 2, fallback_score=2.0)
 
 
-@pytest.mark.slow  # about 6 min on 2 cores (14 min while another training ran)
 def test_one_policy_serves_full_streaming_and_truncated_sampling_on_toy(tmp_path):
     """Trained with the streaming level mix and the anchor branch, one network solves the
-    bimodal toy task with DDIM, streaming and truncated sampling."""
+    bimodal toy task with DDIM, streaming and truncated sampling (about 1 min on 2 idle cores)."""
     from dp.eval.rollout import eval_seeds, run_episodes
     from dp.policies import Policy
     from dp.train.trainer import Trainer
