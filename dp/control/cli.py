@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dp.collect import CONFIG_DIR, EVAL_SEED_BASE
 from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
-from dp.train.checkpoint import CheckpointError, load_config, load_policy, resolve
+from dp.train.checkpoint import CheckpointError, checkpoint_tasks, load_config, load_policy, resolve
 
 ROBOTS = ("sim",)
 
@@ -34,14 +34,12 @@ def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | None = N
     cfg = load_config(ckpt)
     policy = load_policy(ckpt, ema=ema, device=device)
     if sampler:
-        options = {k: v for k, v in sampler.items() if k not in ("name", "steps")}
-        policy.set_sampler(sampler["name"], int(sampler["steps"]), **options)
+        policy.set_sampler(**sampler)  # name, steps and any sampler options
     check_policy_for_mode(policy, config.mode)
     policy.generator = torch.Generator(device=device).manual_seed(seed)
     # the task and env options the way dp-eval finds them
-    attrs = cfg.get("dataset_attrs", {}) or {}
-    task = task or (attrs.get("tasks") or [cfg["task"]["env"]])[0]
-    env_options = attrs.get("env_options") or {}
+    tasks, env_options = checkpoint_tasks(cfg)
+    task = task or tasks[0]
     if EVAL_SEED_BASE <= int(cfg.get("collection_seeds_max", -1)):
         raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "control"

@@ -8,7 +8,7 @@ import torch
 
 from dp.eval.plots import latency_histogram
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
-from dp.train.checkpoint import load_config, load_policy, resolve
+from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
 
 
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
@@ -20,12 +20,9 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(ckpt, ema=ema, device=device)
     if sampler:
-        options = {k: v for k, v in sampler.items() if k not in ("name", "steps")}
-        policy.set_sampler(sampler["name"], int(sampler["steps"]), **options)
+        policy.set_sampler(**sampler)  # name, steps and any sampler options
     policy.generator = torch.Generator(device=device).manual_seed(seed)
-    attrs = cfg.get("dataset_attrs", {}) or {}
-    tasks = attrs.get("tasks") or [cfg["task"]["env"]]
-    env_options = attrs.get("env_options") or {}
+    tasks, env_options = checkpoint_tasks(cfg)
     seeds = eval_seeds(n_episodes)
     if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
         raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")

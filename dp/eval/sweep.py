@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from dp.bench.common import sync, write_result
 from dp.eval.evaluate import evaluate_checkpoint
 from dp.eval.rollout import _stack_obs
-from dp.train.checkpoint import load_config, load_policy, resolve
+from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
 
 
 def parse_spec(spec: str) -> dict:
@@ -74,17 +74,15 @@ def cost_per_call(policy, obs: dict, repeats: int = 30) -> dict:
 def sweep(checkpoint: str, specs: list[str], episodes: int = 50, n_envs: int = 10, progress: bool = True) -> list[dict]:
     ckpt = resolve(checkpoint)
     cfg = load_config(ckpt)
-    attrs = cfg.get("dataset_attrs", {}) or {}
-    task = (attrs.get("tasks") or [cfg["task"]["env"]])[0]
-    env_options = attrs.get("env_options") or {}
+    tasks, env_options = checkpoint_tasks(cfg)
+    task = tasks[0]
     rows = []
     for spec in specs:
         sampler = parse_spec(spec)
         s = evaluate_checkpoint(str(ckpt), n_episodes=episodes, n_envs=n_envs, n_videos=0, sampler=sampler,
                                 output_dir=str(ckpt.parent.parent / f"eval_{spec.replace(':', '_')}"), progress=progress)
         policy = load_policy(ckpt)
-        options = {k: v for k, v in sampler.items() if k not in ("name", "steps")}
-        policy.set_sampler(sampler["name"], sampler["steps"], **options)
+        policy.set_sampler(**sampler)  # name, steps and any sampler options
         policy.generator = torch.Generator().manual_seed(0)
         cost = cost_per_call(policy, real_obs(policy, task, env_options))
         ta = policy.n_action_steps

@@ -83,6 +83,13 @@ def load_config(path: str | os.PathLike) -> dict:
     return yaml.safe_load((ckpt / "config.yaml").read_text())
 
 
+def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
+    """The env tasks a checkpoint was trained on (its dataset's, else its task config's) and
+    their env options: what dp-eval, dp-control and the sampler sweep roll it out in."""
+    attrs = cfg.get("dataset_attrs", {}) or {}
+    return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs.get("env_options") or {})
+
+
 def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
     """Rebuild the policy from config.yaml and load (EMA) weights; normalizer included."""
     from hydra.utils import instantiate
