@@ -129,6 +129,24 @@ def test_word_tokenizer_and_unknown_words():
     assert enc(["open the drawer", "press the button from the top"]).shape == (2, 16)
 
 
+def test_builtin_encodings_are_cached_at_inference_until_the_weights_change():
+    torch.manual_seed(0)
+    enc = BuiltinTextEncoder(INSTRUCTIONS, 16, layers=1).eval()
+    texts = [INSTRUCTIONS[1], INSTRUCTIONS[0], INSTRUCTIONS[1]]
+    with torch.inference_mode():
+        first = enc(texts)
+        calls = {"n": 0}
+        encode = enc.encode
+        enc.encode = lambda t: calls.__setitem__("n", calls["n"] + 1) or encode(t)
+        torch.testing.assert_close(enc(texts), first)
+        assert calls["n"] == 0  # served from the cache
+        enc.embed.weight.mul_(2.0)  # an in-place update, as EMA makes
+        changed = enc(texts)
+    assert calls["n"] == 1 and not torch.allclose(changed, first)
+    torch.testing.assert_close(changed, encode(texts))  # equals a fresh encoding, batch composition aside
+    assert enc.train()(texts).requires_grad  # training never reads the cache
+
+
 def test_pretrained_language_encoder_errors_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="downloads nothing"):
         make_language_encoder({"encoder": "pretrained", "path": str(tmp_path / "clip")}, INSTRUCTIONS, 16)
@@ -196,6 +214,25 @@ def test_moe_is_a_dit_option_and_bad_options_are_named():
         DiTPolicy(META, dim=32, depth=1, heads=2, ffn="sparse")
     with pytest.raises(ValueError, match="unknown moe option"):
         DiTPolicy(META, dim=32, depth=1, heads=2, ffn="moe", moe={"experts": 8})
+
+
+def test_swiglu_ffn_has_the_dense_mlps_parameters_and_one_expert_shape():
+    from dp.core.layers import MLP, SwiGLU
+    from dp.policies import DiTPolicy
+
+    kw = dict(dim=48, depth=2, heads=2, horizon=8, n_action_steps=4)
+    gelu, swiglu = DiTPolicy(META, **kw), DiTPolicy(META, ffn="swiglu", **kw)
+    mode = DiTPolicy(META, ffn="moe", **kw)
+    assert all(isinstance(b.ffn, MLP) for b in gelu.dit.blocks)
+    assert all(isinstance(b.ffn, SwiGLU) for b in swiglu.dit.blocks)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(swiglu.dit.blocks[0].ffn) == pytest.approx(count(gelu.dit.blocks[0].ffn), rel=0.01)
+    expert = mode.dit.blocks[0].ffn.experts[0]
+    assert swiglu.dit.blocks[0].ffn.gate_up.weight.shape == expert.gate_up.weight.shape
+    rng = np.random.default_rng(0)
+    swiglu.set_normalizer(Normalizer.fit({"action": rng.normal(size=(50, 2)), "state": rng.normal(size=(50, 4))}))
+    action = _predict(swiglu.eval(), {"state": _obs()["state"]})
+    assert action.shape == (3, 8, 2) and torch.isfinite(action).all()
 
 
 def _tiny_local_text_model(path):

@@ -16,7 +16,13 @@ Variants (Meta-World state shapes, language on, dim 192, action_patch 4):
 - ``dit mode-block mlp x8``: the same dense MLP in MoDE's block (noise added + noise token,
   RMSNorm, QK-norm, no adaLN): the dense DiT with mode's active parameter count and
   architecture, so the difference to ``mode cached`` is what sparse experts cost;
+- ``dit mode-block swiglu x8``: the same, with a dense SwiGLU (MoDE's own dense block) of
+  that parameter count: its matrices have exactly the shapes of mode's two fused experts,
+  so the difference to ``mode cached`` is only that mode's calls read different experts;
 - ``dit depth 8``: the dense DiT with about mode's total parameters.
+
+``matmul_MB``: distinct memory the matrix products of one prediction read (``traffic.py``;
+weights, and the small activations). At batch 1 on a CPU a prediction's time follows it.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dp.bench.common import result_name, sync, write_result
+from dp.bench.traffic import MatmulReads
 from dp.data import Normalizer
 from dp.policies import DiTPolicy
 from dp.policies.mode import MODE_DEFAULTS, MoDEPolicy
@@ -68,6 +75,8 @@ def variants(checkpoint: str | None = None) -> dict:
         "dit depth 4": _fit(DiTPolicy(SHAPE_META, depth=4, **COMMON)),
         "dit depth 4 mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **COMMON)),
         "dit mode-block mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **MODE_BLOCK, **COMMON)),
+        "dit mode-block swiglu x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, ffn="swiglu", **MODE_BLOCK,
+                                                   **COMMON)),
         "dit depth 8": _fit(DiTPolicy(SHAPE_META, depth=8, **COMMON)),
     }
 
@@ -77,6 +86,13 @@ def flops_per_prediction(policy, obs) -> int:
     with FlopCounterMode(display=False) as counter:
         policy.predict_action(obs)
     return counter.get_total_flops()
+
+
+def matmul_megabytes(policy, obs) -> float:
+    policy.predict_action(obs)
+    with MatmulReads() as reads:
+        policy.predict_action(obs)
+    return reads.megabytes
 
 
 def run(rounds: int = 10, calls: int = 20, device: str = "cpu", checkpoint: str | None = None) -> list[dict]:
@@ -100,6 +116,7 @@ def run(rounds: int = 10, calls: int = 20, device: str = "cpu", checkpoint: str 
         rows.append({
             "policy": name, "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
             "gflops": flops_per_prediction(p, obs) / 1e9,
+            "matmul_MB": matmul_megabytes(p, obs),
             "params_M": p.num_parameters() / 1e6,
             "denoiser_params_M": sum(q.numel() for q in p.dit.parameters()) / 1e6,
             "denoiser_active_M": p.active_parameters(p.dit) / 1e6,
@@ -116,7 +133,7 @@ def main(device: str = "cpu", checkpoint: str | None = None) -> None:
     rows = run(device=device, checkpoint=checkpoint)
     name = "mode_inference" if checkpoint is None else "mode_inference_trained"
     write_result(result_name(name, device), rows,
-                 ["policy", "median_ms", "p99_ms", "vs_cached", "gflops", "params_M", "denoiser_params_M",
+                 ["policy", "median_ms", "p99_ms", "vs_cached", "gflops", "matmul_MB", "params_M", "denoiser_params_M",
                   "denoiser_active_M"],
                  {"batch": 1, "sampler": "ddim", "steps": 10, "threads": torch.get_num_threads(),
                   "checkpoint": checkpoint}, device=device)

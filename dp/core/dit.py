@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from dp.core.embeddings import LevelEmbedding
-from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, make_norm, modulate
+from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, SwiGLU, make_norm, modulate, swiglu_hidden
 
 COND_MODES = ("prefix", "cross", "alternating")
 LEVEL_CONDS = ("adaln", "add")
@@ -55,6 +55,11 @@ FFNFactory = Callable[[int, int, int], nn.Module]
 
 def dense_ffn(dim: int, hidden: int, layer: int) -> nn.Module:
     return MLP(dim, hidden)
+
+
+def swiglu_ffn(dim: int, hidden: int, layer: int) -> nn.Module:
+    """A dense SwiGLU with the GELU MLP's parameter count (MoDE's dense block)."""
+    return SwiGLU(dim, swiglu_hidden(hidden))
 
 
 @dataclass

@@ -105,3 +105,23 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, level_emb: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+def swiglu_hidden(hidden: int) -> int:
+    """The SwiGLU width with the parameters of a GELU MLP of width ``hidden``: 2/3 of it
+    (LLaMA's rule), since a SwiGLU has three matrices where the MLP has two."""
+    return max(1, 2 * hidden // 3)
+
+
+class SwiGLU(nn.Module):
+    """x [..., D] -> [..., D]: down(silu(gate(x)) * up(x)). MoDE's expert, and its dense
+    block's MLP; fills the DiT block's ``ffn`` slot like ``MLP``."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden)  # rows: gate, then up
+        self.down = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, level_emb: torch.Tensor | None = None, step: int | None = None) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)

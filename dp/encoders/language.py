@@ -10,6 +10,7 @@ Two kinds, chosen by ``language.encoder`` in the policy config:
   positions, a small Transformer encoder, mean-pooled over the words. Trained from
   scratch with the policy; the vocabulary is rebuilt from the instruction list stored in
   the policy config, so a checkpoint needs nothing else. Unknown words map to ``<unk>``.
+  At inference its encodings are cached per instruction string until the weights change.
 - ``pretrained``: a Hugging Face text model loaded from a local directory
   (``language.path``; e.g. CLIP's text tower saved with ``save_pretrained``), frozen,
   followed by a trained linear projection to the policy width. Nothing is downloaded:
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from dp.core.weights import weights_key
 
 ENCODERS = ("builtin", "pretrained")
 PAD, UNK = 0, 1
@@ -67,8 +70,24 @@ class BuiltinTextEncoder(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False) if layers else None
         self.norm = nn.LayerNorm(dim)
+        self._cache: dict[str, torch.Tensor] = {}  # inference only: text -> [D]
+        self._cache_key: tuple = ()
 
     def forward(self, texts: list[str]) -> torch.Tensor:
+        """At inference (eval mode, no autograd) each string's encoding is kept until the
+        weights change: an episode's instruction is the same at every prediction, and
+        encoding it costs ~0.5 ms of a 17 ms MoDE prediction on a 2-core CPU."""
+        if self.training or torch.is_grad_enabled():
+            return self.encode(texts)
+        key = weights_key(self.parameters())
+        if key != self._cache_key:
+            self._cache, self._cache_key = {}, key
+        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if missing:
+            self._cache.update(zip(missing, self.encode(missing)))
+        return torch.stack([self._cache[t] for t in texts])
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
         ids, valid = self.tokenizer(texts, device=self.pos.device)
         h = self.embed(ids) + self.pos[:, : ids.shape[1]]
         if self.encoder is not None:

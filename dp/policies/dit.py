@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
-from dp.core.dit import PREFIX_STEP
+from dp.core.dit import PREFIX_STEP, dense_ffn, swiglu_ffn
 from dp.core.moe import NoiseRoutedMoE, moe_ffn
+from dp.core.weights import weights_key
 from dp.diffusion import GaussianProcess, make_sampler
 from dp.diffusion.samplers import POLICY_SAMPLERS
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
@@ -26,7 +27,7 @@ from dp.policies.base import Policy, inpaint
 
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "eps", "train_steps": 100, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
-FFNS = ("dense", "moe")
+FFNS = ("dense", "swiglu", "moe")  # GELU MLP | SwiGLU of equal parameters | noise-routed SwiGLU experts
 # ffn "moe": MoDE's defaults (4 SwiGLU experts, top-2, balance loss weight 0.01)
 DEFAULT_MOE = {"num_experts": 4, "top_k": 2, "shared_expert": False, "balance_weight": 0.01}
 LEVEL_BUCKETS = 4  # router statistics are reported for levels in [0, .25), [.25, .5), ...
@@ -87,10 +88,10 @@ class DiTPolicy(AnchorBranch, Policy):
         if moe["balance_weight"] < 0:
             raise ValueError(f"moe.balance_weight must be >= 0, got {moe['balance_weight']}.")
         self.balance_weight = float(moe["balance_weight"])
-        ffn_factory = {} if ffn == "dense" else {
-            "ffn": moe_ffn(int(moe["num_experts"]), int(moe["top_k"]), bool(moe["shared_expert"]))}
-        self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, level_cond=level_cond,
-                       level_token=level_token, **ffn_factory)
+        ffn_factory = {"dense": dense_ffn, "swiglu": swiglu_ffn}.get(ffn) or moe_ffn(
+            int(moe["num_experts"]), int(moe["top_k"]), bool(moe["shared_expert"]))
+        self.dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, ffn=ffn_factory, level_cond=level_cond,
+                       level_token=level_token)
         self.instructions = list(shape_meta.get("instructions") or [])
         self.language = make_language_encoder(language, self.instructions, dim) if language else None
         self.action_patch = action_patch
@@ -162,10 +163,8 @@ class DiTPolicy(AnchorBranch, Policy):
         return [blk.ffn for blk in self.dit.blocks if isinstance(blk.ffn, NoiseRoutedMoE)]
 
     def _expert_cache_key(self) -> tuple:
-        """What the cached routes depend on: the sampler and the ffn weights (in-place updates,
-        e.g. EMA, bump a tensor's version)."""
-        version = sum(p._version for f in self._routed_ffns() for p in f.parameters())
-        return (self.sampler.name, self.sampler.steps, version, str(self.device))
+        """What the cached routes depend on: the sampler and the ffn weights."""
+        return (self.sampler.name, self.sampler.steps, weights_key(p for f in self._routed_ffns() for p in f.parameters()))
 
     def prepare_inference(self) -> None:
         """Expert caching (MoDE): for the current sampler the level of every network call is
