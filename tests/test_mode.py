@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from dp.core.moe import NoiseRoutedMoE, contiguous_order, fuse_swiglus
+from dp.core.moe import ExpertBank, ExpertSum, NoiseRoutedMoE, _runs, bank_order, fuse_swiglus
 from dp.data import Normalizer
 from dp.encoders.language import BuiltinTextEncoder, WordTokenizer, make_language_encoder
 from dp.policies import Policy
@@ -46,23 +46,36 @@ def test_fused_experts_equal_the_weighted_sum():
     torch.testing.assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("groups,slots", [
-    ([(0, 2), (2, 3), (1, 3)], 4),           # a path: no expert repeats
-    ([(0, 1), (2, 3), (0, 2), (1, 3)], 5),   # a cycle: one must repeat
-    ([(0, 1, 4), (1, 2, 4)], 4),             # with a shared expert (index 4) in every group
+@pytest.mark.parametrize("groups,split", [
+    ([(0, 2), (2, 3), (1, 3)], 0),                   # a path: every group is one window
+    ([(0, 1), (2, 3), (0, 2), (1, 3)] * 2 + [(1, 3)], 2),  # a cycle: the rarest group is split
+    ([(0, 1, 4), (1, 2, 4)], 0),                     # with a shared expert (index 4) in every group
 ])
-def test_every_group_is_one_window_of_the_bank_order(groups, slots):
-    order = contiguous_order(groups)
-    assert len(order) == slots
-    for g in groups:
-        assert any(set(order[i:i + len(g)]) == set(g) for i in range(len(order))), (g, order)
+def test_bank_order_stores_each_expert_once_and_splits_the_fewest_calls(groups, split):
+    num = 1 + max(e for g in groups for e in g)
+    order = bank_order(groups, num)
+    assert sorted(order) == list(range(num))
+    assert sum(len(_runs(order, g)) - 1 for g in groups) == split
+
+
+def test_a_split_call_equals_the_weighted_sum():
+    torch.manual_seed(0)
+    moe = NoiseRoutedMoE(16, 24, num_experts=4, top_k=2)
+    bank = ExpertBank(list(moe.experts), [0, 1, 2, 3])
+    call = bank.fused({3: 0.25, 0: 0.75})  # slots 0 and 3: two runs
+    assert isinstance(call, ExpertSum) and len(call.parts) == 2
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want = 0.25 * moe.experts[3](x) + 0.75 * moe.experts[0](x)
+        torch.testing.assert_close(call(x), want, atol=1e-5, rtol=1e-5)
 
 
 def test_cached_calls_share_one_bank_per_layer():
     policy = _mode()
     _predict(policy, _obs())
     for f in policy._routed_ffns():
-        banks = {fused.w_in.untyped_storage().data_ptr() for fused in f.step_cache.values()}
+        calls = [part for c in f.step_cache.values() for part in (c.parts if isinstance(c, ExpertSum) else [c])]
+        banks = {fused.w_in.untyped_storage().data_ptr() for fused in calls}
         assert len(banks) == 1  # every call's weights are views of one bank
 
 
