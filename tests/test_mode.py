@@ -116,6 +116,26 @@ def test_cached_path_runs_no_router_and_rebuilds_when_the_sampler_or_weights_cha
     torch.testing.assert_close(cached, _predict(policy, obs), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("change", ["level_embedding_in_place", "load_state_dict_assign"])
+def test_the_expert_cache_follows_every_weight_change(change):
+    policy, other = _mode(), _mode()
+    torch.manual_seed(1)
+    with torch.no_grad():  # away from the zero-initialised head, so outputs show which experts ran
+        for p in [*policy.parameters(), *other.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    obs = _obs()
+    _predict(policy, obs)  # builds the cache
+    if change == "level_embedding_in_place":  # the routes are computed from it
+        with torch.no_grad():
+            torch.manual_seed(2)
+            policy.dit.level_emb.mlp[2].bias.add_(5.0 * torch.randn_like(policy.dit.level_emb.mlp[2].bias))
+    else:  # new Parameter objects: the watched list must not hold the old ones
+        policy.load_state_dict(other.state_dict(), assign=True)
+    cached = _predict(policy, obs)
+    policy.expert_cache = False
+    torch.testing.assert_close(cached, _predict(policy, obs), atol=1e-5, rtol=0)
+
+
 def test_language_changes_the_prediction_and_is_required():
     policy = _mode()
     obs = _obs(2)

@@ -21,11 +21,17 @@ Variants (Meta-World state shapes, language on, dim 192, action_patch 4):
   so the difference to ``mode cached`` is only that mode's calls read different experts;
 - ``dit depth 8``: the dense DiT with about mode's total parameters.
 
+- ``mode cached, one expert pair per layer (diagnostic)``: not a model (``one_pair_per_layer``):
+  the time mode would take if its calls did not read different experts.
+
 ``matmul_MB``: distinct memory the matrix products of one prediction read (``traffic.py``;
 weights, and the small activations). At batch 1 on a CPU a prediction's time follows it.
+``cold_median_ms``: the median with the caches evicted before every call (a 256 MB tensor
+rewritten, as a simulator step between predictions would), fewer calls.
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import numpy as np
@@ -34,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dp.bench.common import result_name, sync, write_result
 from dp.bench.traffic import MatmulReads
+from dp.core.moe import FusedExperts
 from dp.data import Normalizer
 from dp.policies import DiTPolicy
 from dp.policies.mode import MODE_DEFAULTS, MoDEPolicy
@@ -45,6 +52,8 @@ COMMON = {"dim": 192, "heads": 4, "action_patch": 4, "language": {"encoder": "bu
 
 
 MODE_BLOCK = {k: v for k, v in MODE_DEFAULTS.items() if k != "ffn"}
+ONE_PAIR = "mode cached, one expert pair per layer (diagnostic)"
+FLUSH_BYTES = 256 * 2**20  # rewritten before each cold call: more than this VM's last-level cache holds
 
 
 def _fit(policy):
@@ -56,29 +65,46 @@ def _fit(policy):
 def variants(checkpoint: str | None = None) -> dict:
     """The policies compared. With ``checkpoint`` (a trained ``policy=mode`` run), both mode
     variants are its weights, so the routes are the trained ones (random routers pick more
-    varied experts); the dense models keep random weights, which do not change their cost."""
+    varied experts); the dense models keep random weights, which do not change their cost,
+    and take the checkpoint's noise process, whose preconditioning costs ops every call."""
     torch.manual_seed(0)
+    common = dict(COMMON)
     if checkpoint is None:
-        cached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
-        uncached = _fit(MoDEPolicy(SHAPE_META, depth=4, **COMMON))
+        cached = _fit(MoDEPolicy(SHAPE_META, depth=4, **common))
+        uncached = _fit(MoDEPolicy(SHAPE_META, depth=4, **common))
         uncached.load_state_dict(cached.state_dict())
     else:
-        from dp.train.checkpoint import load_policy
+        from dp.train.checkpoint import load_config, load_policy
 
         cached, uncached = load_policy(checkpoint).eval(), load_policy(checkpoint).eval()
         for p in (cached, uncached):
-            p.set_sampler(COMMON["sampler"]["name"], COMMON["sampler"]["steps"])
+            p.set_sampler(common["sampler"]["name"], common["sampler"]["steps"])
+        common["process"] = load_config(checkpoint)["policy"].get("process")
     uncached.expert_cache = False
     return {
         "mode cached": cached,
         "mode uncached": uncached,
-        "dit depth 4": _fit(DiTPolicy(SHAPE_META, depth=4, **COMMON)),
-        "dit depth 4 mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **COMMON)),
-        "dit mode-block mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **MODE_BLOCK, **COMMON)),
+        ONE_PAIR: one_pair_per_layer(copy.deepcopy(cached)),
+        "dit depth 4": _fit(DiTPolicy(SHAPE_META, depth=4, **common)),
+        "dit depth 4 mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **common)),
+        "dit mode-block mlp x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, **MODE_BLOCK, **common)),
         "dit mode-block swiglu x8": _fit(DiTPolicy(SHAPE_META, depth=4, mlp_ratio=8.0, ffn="swiglu", **MODE_BLOCK,
-                                                   **COMMON)),
-        "dit depth 8": _fit(DiTPolicy(SHAPE_META, depth=8, **COMMON)),
+                                                   **common)),
+        "dit depth 8": _fit(DiTPolicy(SHAPE_META, depth=8, **common)),
     }
+
+
+def one_pair_per_layer(policy: MoDEPolicy) -> MoDEPolicy:
+    """Diagnostic, not a model: every cached call of a layer runs the experts of one of its
+    calls (the first whose experts are one window of the bank), so a prediction reads one
+    expert pair per layer, as a dense layer reads one MLP. Its time against ``mode cached``
+    is what reading different experts across calls costs; its outputs are not mode's."""
+    policy.prepare_inference()
+    for ffn in policy._routed_ffns():
+        calls = list(ffn.step_cache.values())
+        pair = next((c for c in calls if isinstance(c, FusedExperts)), calls[0])
+        ffn.step_cache = {key: pair for key in ffn.step_cache}
+    return policy
 
 
 def flops_per_prediction(policy, obs) -> int:
@@ -95,26 +121,42 @@ def matmul_megabytes(policy, obs) -> float:
     return reads.megabytes
 
 
-def run(rounds: int = 10, calls: int = 20, device: str = "cpu", checkpoint: str | None = None) -> list[dict]:
-    policies = {k: p.to(device) for k, p in variants(checkpoint).items()}
-    instruction = policies["mode cached"].instructions[0] if checkpoint else INSTRUCTIONS[0]
-    obs = {"state": torch.randn(1, 2, 39), "instruction": [instruction]}
+def _time(policies: dict, obs, rounds: int, calls: int, device: str, flush: torch.Tensor | None = None) -> dict:
+    """Per policy, the seconds of each predict_action; rounds interleave the policies so that
+    each sees the same machine load. With ``flush``, the tensor is rewritten (outside the
+    timer) before every call, which evicts the caches as a simulator step would."""
     samples = {k: [] for k in policies}
-    for p in policies.values():
-        for _ in range(5):
-            p.predict_action(obs)
     for _ in range(rounds):
         for name, p in policies.items():
             for _ in range(calls):
+                if flush is not None:
+                    flush.add_(1.0)
+                    sync(device)
                 t0 = time.perf_counter()
                 p.predict_action(obs)
                 sync(device)
                 samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
+def run(rounds: int = 10, calls: int = 20, device: str = "cpu", checkpoint: str | None = None,
+        cold_rounds: int = 5, cold_calls: int = 5) -> list[dict]:
+    policies = {k: p.to(device) for k, p in variants(checkpoint).items()}
+    instruction = policies["mode cached"].instructions[0] if checkpoint else INSTRUCTIONS[0]
+    obs = {"state": torch.randn(1, 2, 39), "instruction": [instruction]}
+    for p in policies.values():
+        for _ in range(5):
+            p.predict_action(obs)
+    samples = _time(policies, obs, rounds, calls, device)
+    flush = torch.zeros(FLUSH_BYTES // 4, device=device)
+    cold = _time(policies, obs, cold_rounds, cold_calls, device, flush)
+    del flush
     rows = []
     for name, p in policies.items():
         ms = np.asarray(samples[name]) * 1000
         rows.append({
             "policy": name, "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
+            "cold_median_ms": float(np.median(cold[name]) * 1000),
             "gflops": flops_per_prediction(p, obs) / 1e9,
             "matmul_MB": matmul_megabytes(p, obs),
             "params_M": p.num_parameters() / 1e6,
@@ -133,7 +175,8 @@ def main(device: str = "cpu", checkpoint: str | None = None) -> None:
     rows = run(device=device, checkpoint=checkpoint)
     name = "mode_inference" if checkpoint is None else "mode_inference_trained"
     write_result(result_name(name, device), rows,
-                 ["policy", "median_ms", "p99_ms", "vs_cached", "gflops", "matmul_MB", "params_M", "denoiser_params_M",
+                 ["policy", "median_ms", "p99_ms", "vs_cached", "cold_median_ms", "gflops", "matmul_MB", "params_M",
+                  "denoiser_params_M",
                   "denoiser_active_M"],
                  {"batch": 1, "sampler": "ddim", "steps": 10, "threads": torch.get_num_threads(),
                   "checkpoint": checkpoint}, device=device)
