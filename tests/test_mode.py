@@ -70,6 +70,12 @@ def test_a_split_call_equals_the_weighted_sum():
         torch.testing.assert_close(call(x), want, atol=1e-5, rtol=1e-5)
 
 
+def test_expert_bank_rejects_an_order_that_is_not_a_permutation():
+    moe = NoiseRoutedMoE(16, 24, num_experts=3, top_k=2)
+    with pytest.raises(ValueError, match="each of the 3 experts once"):
+        ExpertBank(list(moe.experts), [0, 1, 1])
+
+
 def test_cached_calls_share_one_bank_per_layer():
     policy = _mode()
     _predict(policy, _obs())
