@@ -133,3 +133,16 @@ def test_import_robomimic(tmp_path, capsys):
     assert rc == 2 and "lacks ['nope']" in capsys.readouterr().err
     assert not (tmp_path / "bad.zarr").exists()
     assert not list(tmp_path.glob("bad.zarr.tmp-*"))
+
+
+def test_dp_eval_reports_a_missing_checkpoint_without_a_traceback(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dp.eval.cli import main as dp_eval
+
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'none'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        dp_eval()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: No checkpoint at" in err and "Traceback" not in err

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dp.cli_errors import run_config
 from dp.collect import CONFIG_DIR, EVAL_SEED_BASE
 from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
-from dp.train.checkpoint import CheckpointError, checkpoint_tasks, load_config, load_policy, resolve
+from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
 
 ROBOTS = ("sim",)
 
@@ -55,12 +55,7 @@ def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | None = N
 
 @hydra.main(config_path=CONFIG_DIR, config_name="control", version_base=None)
 def _main(cfg: DictConfig) -> None:
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        s = control_checkpoint(**kwargs)
-    except (CheckpointError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    s = run_config(control_checkpoint, cfg)
     ms = {k: "-" if s[k] is None else f"{s[k]:.2f}" for k in
           ("jitter_ms_p50", "jitter_ms_p99", "inference_ms_p50", "inference_ms_p99")}
     print(f"{s['ticks']} ticks at {s['hz']:g} Hz ({s['mode']}), stopped by {s['stop_reason']}: "

@@ -2,25 +2,19 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from dp.cli_errors import run_config
 from dp.collect import CONFIG_DIR
-from dp.train.checkpoint import CheckpointError
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="eval", version_base=None)
 def _main(cfg: DictConfig) -> None:
     from dp.eval.evaluate import evaluate_checkpoint
 
-    kwargs = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        s = evaluate_checkpoint(**kwargs)
-    except (CheckpointError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    s = run_config(evaluate_checkpoint, cfg)
     lo, hi = s["wilson95"]
     print(f"success {s['success_rate']:.1%} over {s['episodes']} episodes (95% CI {lo:.1%}-{hi:.1%}); "
           f"latency median {s['latency_ms']['median']:.1f} ms, p99 {s['latency_ms']['p99']:.1f} ms")
