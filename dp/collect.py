@@ -6,7 +6,9 @@
 Seeds: task k of a set draws env seeds ``seed + k * SEED_STRIDE + attempt``; every
 attempted seed is recorded in the store's attributes (``seeds``) so evaluation can
 avoid them (dp-eval starts at ``EVAL_SEED_BASE``). Writing is atomic: the store is
-built under ``<output>.tmp-<pid>`` and renamed into place only when complete.
+built under ``<output>.tmp-<pid>``, fsynced, and renamed into place only when complete;
+the temp directory of a run killed outright (``kill -9``) is removed by the next run that
+writes the same output.
 """
 from __future__ import annotations
 
@@ -133,11 +135,11 @@ def _check_config(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="collect", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
+    from dp.cli_errors import user_errors_exit
+
     try:
-        summary = collect(cfg)
-    except (DatasetError, KeyError, TypeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit():
+            summary = collect(cfg)
     except KeyboardInterrupt as e:
         print(f"stopped ({e}); nothing was written to {cfg.output}", file=sys.stderr)
         sys.exit(130)

@@ -5,6 +5,8 @@ from typing import Protocol
 
 import numpy as np
 
+from envs.errors import EnvValueError
+
 OBS_MODES = ("state", "image")
 
 
@@ -20,5 +22,5 @@ class Expert(Protocol):
 
 def check_obs_mode(obs: str) -> str:
     if obs not in OBS_MODES:
-        raise ValueError(f"obs must be one of {OBS_MODES}, got {obs!r}.")
+        raise EnvValueError(f"obs must be one of {OBS_MODES}, got {obs!r}.")
     return obs

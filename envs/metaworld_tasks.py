@@ -54,6 +54,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.base import check_obs_mode
+from envs.errors import EnvOptionError, EnvValueError, UnknownTaskError
 from envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
@@ -212,7 +213,7 @@ class MetaWorldEnv(gym.Env):
         env.max_path_length = max(env.max_path_length, self.max_episode_steps)
         cameras = list(FREE_CAMERAS) + [env.model.camera(i).name for i in range(env.model.ncam)]
         if camera not in cameras:
-            raise ValueError(f"camera must be one of {cameras}, got {camera!r}.")
+            raise EnvValueError(f"camera must be one of {cameras}, got {camera!r}.")
 
         self.proprio_dims = 4  # hand xyz + gripper opening: the first 4 numbers of state
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32)}
@@ -469,14 +470,14 @@ class MetaWorldExpert:
 
 def _check_name(name: str) -> None:
     if name not in NAMES:
-        raise KeyError(f"Unknown Meta-World task {name!r}; see envs.metaworld_tasks.NAMES.")
+        raise UnknownTaskError(f"Unknown Meta-World task {name!r}; see envs.metaworld_tasks.NAMES.")
 
 
 def make(name: str, **options) -> MetaWorldEnv:
     _check_name(name)
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise TypeError(f"Unknown option(s) {unknown} for {name!r}; allowed options: {', '.join(OPTIONS)}.")
+        raise EnvOptionError(f"Unknown option(s) {unknown} for {name!r}; allowed options: {', '.join(OPTIONS)}.")
     return MetaWorldEnv(name, **options)
 
 

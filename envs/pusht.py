@@ -37,6 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.base import check_obs_mode
+from envs.errors import EnvOptionError, EnvValueError
 
 NAMES = ["pusht"]
 INSTRUCTION = "push the T-shaped block onto the T-shaped target"
@@ -74,7 +75,7 @@ class PushTDictEnv(gym.Env):
         self.render_size = int(render_size)
         self.max_episode_steps = int(max_episode_steps)
         if self.max_episode_steps < 1 or self.image_size < 1 or self.render_size < 1:
-            raise ValueError("max_episode_steps, image_size and render_size must be positive.")
+            raise EnvValueError("max_episode_steps, image_size and render_size must be positive.")
         self.instruction = INSTRUCTION
         self.render_mode = "rgb_array"
         self._env = _pusht_env_class()(
@@ -322,7 +323,7 @@ class PushTExpert:
 def make(name: str = "pusht", **options) -> PushTDictEnv:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {name}; options are {list(OPTIONS)}.")
+        raise EnvOptionError(f"unknown option(s) {unknown} for {name}; options are {list(OPTIONS)}.")
     return PushTDictEnv(**options)
 
 

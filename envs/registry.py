@@ -14,6 +14,8 @@ import difflib
 import importlib
 from functools import cache
 
+from envs.errors import UnknownTaskError
+
 FAMILIES = {
     "toy": "envs.toy",
     "mw": "envs.metaworld_tasks",
@@ -30,7 +32,7 @@ def _family_of(name: str) -> str:
     prefix = name.split("_", 1)[0]
     if prefix in FAMILIES and prefix != name:
         return FAMILIES[prefix]
-    raise KeyError(_unknown(name))
+    raise UnknownTaskError(_unknown(name))
 
 
 def _module(name: str):
@@ -62,13 +64,13 @@ def _unknown(name: str) -> str:
 
 def _check_single(name: str):
     if name in SET_FAMILIES:
-        raise KeyError(
+        raise UnknownTaskError(
             f"{name!r} is a multi-task set ({len(task_sets()[name])} tasks); "
             f"make one of its tasks, e.g. envs.make({task_sets()[name][0]!r})."
         )
     mod = _module(name)
     if name not in mod.NAMES:
-        raise KeyError(_unknown(name))
+        raise UnknownTaskError(_unknown(name))
     return mod
 
 

@@ -90,6 +90,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.base import check_obs_mode
+from envs.errors import EnvOptionError, EnvValueError
 from envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
@@ -194,7 +195,7 @@ class RobosuiteEnv(gym.Env):
         self.obs_mode = check_obs_mode(obs)
         task = TASKS[name]
         if not isinstance(robot, str) or robot not in suite.ALL_ROBOTS:
-            raise ValueError(f"robot must be one of {sorted(suite.ALL_ROBOTS)}, got {robot!r}.")
+            raise EnvValueError(f"robot must be one of {sorted(suite.ALL_ROBOTS)}, got {robot!r}.")
         self.robot = robot
         self.n_arms = task.get("arms", 1)
         self.image_size = int(image_size)
@@ -204,7 +205,7 @@ class RobosuiteEnv(gym.Env):
         self.render_mode = "rgb_array"
         self.max_episode_steps = int(task["steps"] if max_episode_steps is None else max_episode_steps)
         if self.max_episode_steps < 1 or self.image_size < 1 or self.render_size < 1:
-            raise ValueError("max_episode_steps, image_size and render_size must be positive.")
+            raise EnvValueError("max_episode_steps, image_size and render_size must be positive.")
 
         kwargs = {}
         if self.n_arms == 2:
@@ -231,7 +232,7 @@ class RobosuiteEnv(gym.Env):
                 model.geom_contype[gid] = model.geom_conaffinity[gid] = 0
         cameras = [model.camera_id2name(i) for i in range(model.ncam)]
         if camera not in cameras:
-            raise ValueError(f"camera must be one of {cameras}, got {camera!r}.")
+            raise EnvValueError(f"camera must be one of {cameras}, got {camera!r}.")
 
         raw = self._env._get_observations(force_update=True)
         keys = []
@@ -347,7 +348,7 @@ class RobosuiteEnv(gym.Env):
 def make(name: str, **options) -> RobosuiteEnv:
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise TypeError(f"unknown option(s) {unknown} for {name}; options are {list(OPTIONS)}.")
+        raise EnvOptionError(f"unknown option(s) {unknown} for {name}; options are {list(OPTIONS)}.")
     return RobosuiteEnv(name, **options)
 
 

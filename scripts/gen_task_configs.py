@@ -22,6 +22,7 @@ def render(name: str, env: str, instruction: str | None) -> str:
         f"name: {name}\nenv: {env}\n{opt_lines}\n"
         "obs: state                  # state | image (image also needs a store collected with obs=image)\n"
         f"dataset_path: data/{name}.zarr\n"
+        "allow_mismatch: false      # true: train even when the dataset records other task(s) than env\n"
     )
 
 

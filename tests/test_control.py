@@ -70,6 +70,9 @@ def check_log(summary, rows, robot):
     assert len(robot.sent) == sum(r["source"] != "skip" for r in rows)
     low, high = robot.action_limits
     assert all(((a >= low) & (a <= high)).all() for a in robot.sent)
+    # ticks.csv records exactly what was sent
+    logged = [np.array(r["action"].split(), np.float32) for r in rows if r["source"] != "skip"]
+    np.testing.assert_allclose(np.stack(logged), np.stack(robot.sent), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("mode,blend", [("sync", "committed"), ("async", "committed"), ("async", "ensemble")])
@@ -189,17 +192,13 @@ def test_bad_config_values_fail_clearly(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_runs_a_checkpoint_in_its_own_task(tmp_path, monkeypatch, capsys):
-    from dp.train.checkpoint import save_checkpoint
+    from train_helpers import tiny_checkpoint
 
     policy = tiny_policy()
-    config = {"policy": policy.config, "task": {"name": "toy", "env": "toy", "env_options": {}},
-              "dataset_attrs": {"tasks": ["toy"], "env_options": {"obs": "state"}}}
-    optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-    save_checkpoint(tmp_path / "run" / "checkpoints", 1, policy, None, optimizer, scheduler, config, {})
+    tiny_checkpoint(tmp_path / "run", policy)
     monkeypatch.setattr(sys, "argv", ["dp-control", f"checkpoint={tmp_path / 'run'}", "hz=50", "max_ticks=30",
                                       "mode=async", "progress=false", "torch_threads=1", "max_steps=10",
-                                      "sampler={name: ddim, steps: 4}"])
+                                      "max_consecutive_misses=0", "sampler={name: ddim, steps: 4}"])
     dp_control()
     summary = json.loads((tmp_path / "run" / "control" / "summary.json").read_text())
     assert summary["ticks"] == 30 and summary["task"] == "toy" and summary["sampler"] == {"name": "ddim", "steps": 4}
@@ -220,3 +219,42 @@ def test_action_queue_merges_chunks_by_tick():
     q.ensemble(2, np.ones((4, 1)), k=np.log(3.0), obs_time=1.0)  # ticks 2, 3 overlap; 4, 5 new
     w = 1 / 3
     assert [q.pop(t).action.item() for t in range(6)] == pytest.approx([0, 0, w / (1 + w), w / (1 + w), 1, 1])
+
+
+def _blow_up(policy, scale: float) -> DiTPolicy:
+    """Every denoiser weight times ``scale`` (1e30: finite weights whose predictions overflow to NaN/inf)."""
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if not name.startswith("normalizer"):
+                p.mul_(scale)
+    return policy
+
+
+def test_non_finite_predictions_never_reach_the_robot(tmp_path):
+    policy = _blow_up(tiny_policy(), float("nan"))
+    assert not torch.isfinite(policy.predict_action({"state": torch.zeros(1, 2, 4)})).any()
+    summary, rows, robot = run(tmp_path, policy, mode="async", max_ticks=200, max_nonfinite=3)
+    check_log(summary, rows, robot)
+    assert robot.sent and all(np.isfinite(a).all() for a in robot.sent)
+    assert summary["stop_reason"] == "nonfinite_actions" and summary["nonfinite_predictions"] == 3
+    assert all(r["source"] != "policy" for r in rows)  # every tick held the safe action
+    with pytest.raises(ValueError, match="max_nonfinite must be an integer >= 1"):
+        LoopConfig(max_nonfinite=0)
+    with pytest.raises(ValueError, match="safe_action must be null or a list of finite numbers"):
+        LoopConfig(safe_action=[0.0, float("nan")])
+
+
+def test_cli_exits_non_zero_on_non_finite_predictions(tmp_path, monkeypatch, capsys):
+    from train_helpers import tiny_checkpoint
+
+    policy = _blow_up(tiny_policy(), 1e30)  # finite weights: the checkpoint loads, its predictions do not
+    tiny_checkpoint(tmp_path / "run", policy)
+    monkeypatch.setattr(sys, "argv", ["dp-control", f"checkpoint={tmp_path / 'run'}", "hz=50", "max_ticks=200",
+                                      "mode=sync", "progress=false", "torch_threads=1", "max_consecutive_misses=0",
+                                      "task=toy"])
+    with pytest.raises(SystemExit) as info:
+        dp_control()
+    assert info.value.code == 3
+    assert "stopped on a fault (nonfinite_actions: 3 non-finite predictions" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "control" / "summary.json").read_text())
+    assert summary["stop_reason"] == "nonfinite_actions" and summary["task"] == "toy"

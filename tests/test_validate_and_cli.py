@@ -140,9 +140,38 @@ def test_dp_eval_reports_a_missing_checkpoint_without_a_traceback(tmp_path, monk
 
     from dp.eval.cli import main as dp_eval
 
-    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'none'}"])
-    with pytest.raises(SystemExit) as exit_info:
-        dp_eval()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert "error: No checkpoint at" in err and "Traceback" not in err
+    for args, message in (([], "error: No checkpoint at"),
+                          (["n_episodes=0"], "error: n_episodes: expected an integer >= 1, found 0"),
+                          (["n_envs=0"], "error: n_envs: expected an integer >= 1, found 0")):
+        monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'none'}", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            dp_eval()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
+def test_dp_eval_reports_non_finite_predictions(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    from dp.eval.cli import main as dp_eval
+    from train_helpers import tiny_checkpoint
+
+    from dp.train.checkpoint import load_policy
+
+    policy = load_policy(tiny_checkpoint(tmp_path / "run"))
+    with torch.no_grad():  # finite weights whose predictions overflow: the checkpoint loads, NaN comes out
+        for name, p in policy.named_parameters():
+            if not name.startswith("normalizer"):
+                p.mul_(1e30)
+    tiny_checkpoint(tmp_path / "blown", policy)
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'blown'}", "n_episodes=3", "n_envs=3",
+                                      "n_videos=0", "progress=false"])
+    dp_eval()
+    captured = capsys.readouterr()
+    assert "warning: 3 of 3 episodes ended on a non-finite (NaN/inf) prediction" in captured.err
+    report = json.loads((tmp_path / "blown" / "eval" / "report.json").read_text())
+    assert report["nonfinite_episodes"] == 3 and report["success_rate"] == 0.0
+    assert all(e["nonfinite"] and e["length"] == 0 for e in report["per_task"]["toy"]["episode_results"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from dp.cli_errors import user_errors_exit
+
 BENCHMARKS = {
     "dataset": "dp.bench.dataset",
     "latency": "dp.bench.latency",
@@ -29,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.checkpoint and names != ["mode"]:
         parser.error("--checkpoint applies to the mode benchmark only: dp-bench mode --checkpoint PATH")
-    for name in names:
-        extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-        importlib.import_module(BENCHMARKS[name]).main(device=args.device, **extra)
+    with user_errors_exit():
+        for name in names:
+            extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+            importlib.import_module(BENCHMARKS[name]).main(device=args.device, **extra)
 
 
 if __name__ == "__main__":

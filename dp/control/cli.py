@@ -1,7 +1,12 @@
-"""`dp-control checkpoint=PATH robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml)."""
+"""`dp-control checkpoint=PATH robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml).
+
+Exit status: 0 when the loop ran to its end, 2 for a user error (bad config, checkpoint),
+3 when the loop stopped on a fault (non-finite predictions, too many missed deadlines).
+"""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import hydra
@@ -11,22 +16,28 @@ from omegaconf import DictConfig
 from dp.cli_errors import run_config
 from dp.collect import CONFIG_DIR, EVAL_SEED_BASE
 from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
+from dp.errors import ConfigError
 from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
 
 ROBOTS = ("sim",)
+FAULT_STOPS = ("nonfinite_actions", "consecutive_misses")  # stop reasons that end dp-control with status 3
+EXIT_FAULT = 3
 
 
-def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | None = None, max_steps: int | None = None,
+def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | dict | None = None,
+                       max_steps: int | None = None,
                        duration_s: float | None = 60.0, max_ticks: int | None = None, output_dir: str | None = None,
                        ema: bool = True, device: str = "cpu", seed: int = 0, sampler: dict | None = None,
                        **loop_options) -> dict:
     """Load a checkpoint, build its robot, run the loop; the summary (also in output_dir/summary.json).
 
+    ``task``: an env task name, or a task config (``dp-control task=mw_reach`` loads
+    configs/task/mw_reach.yaml); default: the checkpoint's (the first of a multi-task one).
     ``loop_options`` are ``LoopConfig`` fields (hz, mode, async_blend, stall, ...)."""
     if robot not in ROBOTS:
-        raise ValueError(f"robot must be one of {list(ROBOTS)}, got {robot!r}.")
+        raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {robot!r}.")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and duration_s > 0):
-        raise ValueError(f"duration_s must be > 0 or null, got {duration_s!r}.")
+        raise ConfigError(f"duration_s must be > 0 or null, got {duration_s!r}.")
     config = LoopConfig(max_ticks=max_ticks, **loop_options)  # bad values fail before anything loads
     if config.max_ticks is None and duration_s is not None:
         config.max_ticks = max(1, round(duration_s * config.hz))
@@ -39,14 +50,16 @@ def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | None = N
     policy.generator = torch.Generator(device=device).manual_seed(seed)
     # the task and env options the way dp-eval finds them
     tasks, env_options = checkpoint_tasks(cfg)
+    if isinstance(task, dict):
+        task = task.get("env")
     task = task or tasks[0]
     if EVAL_SEED_BASE <= int(cfg.get("collection_seeds_max", -1)):
-        raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "control"
     from dp.control.robot import SimRobot
 
     sim = SimRobot(task, env_options, max_steps=max_steps)
-    info = {"checkpoint": str(ckpt), "task": task, "robot": robot}
+    info = {"checkpoint": str(ckpt), "task": task, "robot": robot, "output_dir": str(out)}
     try:
         return ControlLoop(policy, sim, config, out, info=info).run()
     finally:
@@ -65,8 +78,14 @@ def _main(cfg: DictConfig) -> None:
     if s.get("episodes"):
         rate = f", success {s['success_rate']:.0%}" if s.get("success_rate") is not None else ""
         print(f"{s['episodes']} episodes{rate}")
-    keys = ("ticks", "deadline_misses", "consecutive_miss_stop", "episodes", "success_rate", "mode", "hz")
+    keys = ("ticks", "deadline_misses", "consecutive_miss_stop", "nonfinite_predictions", "episodes", "success_rate",
+            "mode", "hz", "stop_reason")
     print(json.dumps({k: s[k] for k in keys}))
+    if s["stop_reason"] in FAULT_STOPS:
+        print(f"error: the control loop stopped on a fault ({s['stop_reason']}: {s['nonfinite_predictions']} "
+              f"non-finite predictions, {s['deadline_misses']} deadline misses); no non-finite action was sent. "
+              f"Details: {s['output_dir']}/summary.json and ticks.csv.", file=sys.stderr)
+        sys.exit(EXIT_FAULT)
 
 
 def main() -> None:

@@ -22,6 +22,11 @@ so the watchdog can hold at the deadline while a prediction is still running. Mo
 - ``streaming``: like sync, for a policy whose sampler is ``streaming`` (a few denoising
   passes per call, so each call fits in a tick).
 
+Safety: an action leaves the loop only if every value is finite and inside the robot's limits.
+A prediction holding NaN or inf is a fault: it is discarded whole (none of its actions is
+planned, so the ticks it would have served hold the safe action), logged and counted, and
+``max_nonfinite`` such predictions in a row stop the loop (stop reason ``nonfinite_actions``).
+
 Each episode's first chunk is predicted before its first tick (``start_wait_s``, 0 = off):
 the clock restarts when it arrives, as a robot waits at its start pose after a reset.
 """
@@ -44,6 +49,7 @@ import torch
 
 from dp.control.robot import Robot
 from dp.control.telemetry import Telemetry
+from dp.errors import ConfigError
 from dp.eval.rollout import _stack_obs
 
 log = logging.getLogger("dp.control")
@@ -63,6 +69,7 @@ class LoopConfig:
     lead_margin_ticks: int = 2
     max_ticks: int | None = None  # None: until SIGINT/SIGTERM or the miss limit
     max_consecutive_misses: int = 10  # 0: never stop for misses
+    max_nonfinite: int = 3  # stop after this many non-finite predictions in a row
     safe_action: list[float] | None = None  # None: hold the last sent action
     stall: dict = field(default_factory=lambda: {"every": 0, "seconds": 0.0})
     torch_threads: int | None = None  # None: 1 in async mode, torch's default otherwise
@@ -74,11 +81,15 @@ class LoopConfig:
     def __post_init__(self):
         def need(name: str, ok: bool, expected: str):
             if not ok:
-                raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}.")
+                raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}.")
 
         need("hz", _number(self.hz) and self.hz > 0, "a number > 0")
         need("mode", self.mode in MODES, f"one of {list(MODES)}")
         need("async_blend", self.async_blend in BLENDS, f"one of {list(BLENDS)}")
+        need("max_nonfinite", _integer(self.max_nonfinite) and self.max_nonfinite >= 1, "an integer >= 1")
+        need("safe_action", self.safe_action is None or (
+            isinstance(self.safe_action, (list, tuple)) and all(_number(v) and math.isfinite(v) for v in self.safe_action)),
+            "null or a list of finite numbers")
         for name in ("lead_margin_ticks", "max_consecutive_misses", "warmup"):
             need(name, _integer(getattr(self, name)) and getattr(self, name) >= 0, "an integer >= 0")
         for name in ("max_ticks", "torch_threads"):
@@ -108,7 +119,7 @@ def check_policy_for_mode(policy, mode: str) -> None:
     """``streaming`` needs a streaming sampler; other modes run any policy."""
     sampler = getattr(getattr(policy, "sampler", None), "name", None)
     if mode == "streaming" and sampler != "streaming":
-        raise ValueError(
+        raise ConfigError(
             f"mode=streaming needs a policy whose sampler is 'streaming' (policy.sampler.name); this policy's "
             f"sampler is {sampler!r}. Pass sampler={{name: streaming, steps: K}} if the policy supports it, "
             f"or use mode=sync or mode=async.")
@@ -259,7 +270,7 @@ class ControlLoop:
         if config.safe_action is not None:
             safe = np.asarray(config.safe_action, np.float32).reshape(-1)
             if safe.shape != self.low.shape:
-                raise ValueError(f"safe_action must have {self.low.shape[0]} values (the action size), "
+                raise ConfigError(f"safe_action must have {self.low.shape[0]} values (the action size), "
                                  f"got {safe.shape[0]}.")
             self.safe_action = np.clip(safe, self.low, self.high)
         self.obs_keys = list(policy.obs_encoder.keys) if hasattr(policy, "obs_encoder") else ["state"]
@@ -289,7 +300,8 @@ class ControlLoop:
             return self.safe_action
         if last_sent is not None:
             return last_sent
-        return ((self.low + self.high) / 2).astype(np.float32)  # nothing sent yet: the middle of the limits
+        middle = (self.low + self.high) / 2  # nothing sent yet: the middle of the limits (0 where unbounded)
+        return np.clip(np.where(np.isfinite(middle), middle, 0.0), self.low, self.high).astype(np.float32)
 
     def _obs_batch(self, history: deque) -> dict:
         obs = {k: torch.from_numpy(v) for k, v in _stack_obs([history], self.obs_keys).items()}
@@ -310,7 +322,8 @@ class ControlLoop:
             blend = "ensemble"
         telemetry = Telemetry(self.output_dir, cfg.hz)
         restore_signals = self._install_signal_handlers()
-        self.stats = {"clipped_actions": 0, "start_waits_ms": []}
+        self.stats = {"clipped_actions": 0, "start_waits_ms": [], "nonfinite_predictions": 0,
+                      "nonfinite_actions_blocked": 0}
         t_start = time.perf_counter()
         try:
             self._loop(predictor, telemetry, blend)
@@ -351,6 +364,8 @@ class ControlLoop:
             "episode_start_waits": len(self.stats["start_waits_ms"]),
             "episode_start_wait_ms_max": max(self.stats["start_waits_ms"], default=None),
             "clipped_actions": self.stats["clipped_actions"],
+            "nonfinite_predictions": self.stats["nonfinite_predictions"],
+            "nonfinite_actions_blocked": self.stats["nonfinite_actions_blocked"],
             "wall_s": wall_s,
             "machine": {"cpu": machine["cpu"], "cores": machine["cpu_count"], "torch": machine["torch"],
                         "torch_threads": threads, "device": machine["device"]},
@@ -386,6 +401,7 @@ class ControlLoop:
         stale: list[Future] = []  # predictions for a finished episode: only their latency is kept
         last_sent = None
         misses_in_a_row = 0
+        faults_in_a_row = 0  # non-finite predictions
         bar = None
         if cfg.progress:
             from tqdm import tqdm
@@ -403,7 +419,7 @@ class ControlLoop:
 
         def harvest(tick: int) -> float | None:
             """Merge a finished prediction into the plan; its latency in ms, else None."""
-            nonlocal job
+            nonlocal job, faults_in_a_row
             done_ms = None
             for f in [f for f in stale if f.done()]:
                 stale.remove(f)
@@ -414,6 +430,17 @@ class ControlLoop:
             pred = job.future.result()
             latencies.append(pred.latency_s)
             tel.inference(pred.latency_s * 1000)
+            if not np.isfinite(pred.actions).all():  # a fault: none of its actions is planned
+                job = None
+                faults_in_a_row += 1
+                self.stats["nonfinite_predictions"] += 1
+                log.error("tick %d: the prediction holds non-finite actions (NaN/inf); discarded, holding "
+                          "(%d in a row)", tick, faults_in_a_row)
+                if faults_in_a_row >= cfg.max_nonfinite:
+                    log.error("%d non-finite predictions in a row: stopping", faults_in_a_row)
+                    self.request_stop("nonfinite_actions")
+                return pred.latency_s * 1000
+            faults_in_a_row = 0
             if blend == "ensemble" and cfg.mode == "async":
                 queue.ensemble(job.tick, pred.actions, cfg.ensemble_k, job.obs_time)
             else:
@@ -498,12 +525,15 @@ class ControlLoop:
                 raw, source = self._hold_action(last_sent), "hold"
             action = np.clip(raw, self.low, self.high)
             self.stats["clipped_actions"] += int(not np.array_equal(action, raw))
+            if not np.isfinite(action).all():  # last guard (np.clip passes NaN through): never sent
+                self.stats["nonfinite_actions_blocked"] += 1
+                action, source = self._hold_action(last_sent), "hold"
             robot.act(action)
             sent = time.perf_counter()
             last_sent = action
             met = source == "policy" and sent <= deadline
             tel.row(i, scheduled - t0, start - t0, (sent - planned.obs_time) * 1000 if planned else None,
-                    inference_ms, met, source, episode)
+                    inference_ms, met, source, episode, action)
             if met:
                 misses_in_a_row = 0
             else:

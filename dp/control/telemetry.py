@@ -10,6 +10,7 @@ ticks.csv has one row per scheduled tick (skipped ones included), columns ``COLU
     deadline_met  the action came from the policy and was sent before the tick's end
     source        policy | hold (watchdog: no fresh action) | skip (an overrun tick, not run)
     episode       the robot's episode index
+    action        the action sent, space-separated env units (empty for a skipped tick)
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import numpy as np
 
 from dp.eval.metrics import percentiles
 
-COLUMNS = ("tick", "scheduled_s", "start_s", "obs_age_ms", "inference_ms", "deadline_met", "source", "episode")
+COLUMNS = ("tick", "scheduled_s", "start_s", "obs_age_ms", "inference_ms", "deadline_met", "source", "episode",
+           "action")
 SOURCES = ("policy", "hold", "skip")
 
 
@@ -47,9 +49,11 @@ class Telemetry:
         self.inference_ms: list[float] = []
 
     def row(self, tick: int, scheduled_s: float, start_s: float | None, obs_age_ms: float | None,
-            inference_ms: float | None, deadline_met: bool, source: str, episode: int) -> None:
+            inference_ms: float | None, deadline_met: bool, source: str, episode: int,
+            action: np.ndarray | None = None) -> None:
+        sent = "" if action is None else " ".join(f"{v:.6g}" for v in np.asarray(action).reshape(-1))
         self._csv.writerow([tick, _fmt(scheduled_s, 6), _fmt(start_s, 6), _fmt(obs_age_ms), _fmt(inference_ms),
-                            str(bool(deadline_met)).lower(), source, episode])
+                            str(bool(deadline_met)).lower(), source, episode, sent])
         self.ticks += 1
         self.misses += not deadline_met
         self.sources[source] += 1

@@ -44,6 +44,7 @@ from torch import nn
 
 from dp.core.embeddings import LevelEmbedding
 from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, SwiGLU, make_norm, modulate, swiglu_hidden
+from dp.errors import ConfigError
 
 COND_MODES = ("prefix", "cross", "alternating")
 LEVEL_CONDS = ("adaln", "add")
@@ -162,9 +163,9 @@ class DiT(nn.Module):
     ):
         super().__init__()
         if cond_mode not in COND_MODES:
-            raise ValueError(f"cond_mode must be one of {COND_MODES}, got {cond_mode!r}.")
+            raise ConfigError(f"cond_mode must be one of {COND_MODES}, got {cond_mode!r}.")
         if level_cond not in LEVEL_CONDS:
-            raise ValueError(f"level_cond must be one of {LEVEL_CONDS}, got {level_cond!r}.")
+            raise ConfigError(f"level_cond must be one of {LEVEL_CONDS}, got {level_cond!r}.")
         self.dim, self.depth, self.cond_mode = dim, depth, cond_mode
         self.level_cond, self.level_token = level_cond, level_token
         self.level_emb = LevelEmbedding(dim)
@@ -236,7 +237,7 @@ class DiT(nn.Module):
             if self.cond_mode == "cross" and len(groups) != 1:
                 groups = [torch.cat(groups, dim=1)]
             if self.cond_mode == "alternating" and len(groups) < 2:
-                raise ValueError("cond_mode 'alternating' needs a list of >= 2 condition groups (e.g. [language, images]).")
+                raise ConfigError("cond_mode 'alternating' needs a list of >= 2 condition groups (e.g. [language, images]).")
             cache.cross_kv = [blk.cross_keys_values(groups[i % len(groups)]) for i, blk in enumerate(self.blocks)]
             cache.prefix_kv = [None] * self.depth
         return cache

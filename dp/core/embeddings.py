@@ -12,6 +12,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from dp.errors import ConfigError
+
 LEVEL_SCALE = 1000.0
 
 
@@ -48,7 +50,7 @@ class ActionTokenizer(nn.Module):
     def __init__(self, action_dim: int, dim: int, horizon: int, patch: int = 1):
         super().__init__()
         if patch < 1 or horizon % patch:
-            raise ValueError(f"action patch must divide the horizon {horizon}; got {patch}.")
+            raise ConfigError(f"action patch must divide the horizon {horizon}; got {patch}.")
         self.patch = patch
         self.proj = nn.Linear(action_dim * patch, dim)
         self.pos = nn.Parameter(torch.zeros(1, horizon // patch, dim))
@@ -79,7 +81,7 @@ class PatchTokenizer(nn.Module):
     def __init__(self, in_channels: int, dim: int, patch: int, image_size: int):
         super().__init__()
         if image_size % patch:
-            raise ValueError(f"image_size {image_size} must be a multiple of patch {patch}.")
+            raise ConfigError(f"image_size {image_size} must be a multiple of patch {patch}.")
         self.patch = patch
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch, stride=patch)
         self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from dp.errors import ConfigError
+
 NORMS = ("layer", "rms")
 
 
@@ -31,7 +33,7 @@ def make_norm(kind: str, dim: int, affine: bool = True) -> nn.Module:
         return nn.LayerNorm(dim, eps=1e-6, elementwise_affine=affine)
     if kind == "rms":
         return RMSNorm(dim, eps=1e-6, affine=affine)
-    raise ValueError(f"norm must be one of {NORMS}, got {kind!r}.")
+    raise ConfigError(f"norm must be one of {NORMS}, got {kind!r}.")
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -48,7 +50,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, qk_norm: bool = False, norm: str = "layer"):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"dim {dim} must be divisible by heads {heads}.")
+            raise ConfigError(f"dim {dim} must be divisible by heads {heads}.")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)

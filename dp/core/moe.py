@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dp.core.layers import SwiGLU, swiglu_hidden
+from dp.errors import ConfigError
 
 
 class FusedExperts(NamedTuple):
@@ -155,7 +156,7 @@ class NoiseRoutedMoE(nn.Module):
     def __init__(self, dim: int, hidden: int, num_experts: int = 4, top_k: int = 2, shared_expert: bool = False):
         super().__init__()
         if not 1 <= top_k <= num_experts:
-            raise ValueError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}.")
+            raise ConfigError(f"top_k must be in [1, num_experts={num_experts}], got {top_k}.")
         self.num_experts, self.top_k = num_experts, top_k
         self.router = nn.Linear(dim, num_experts)
         self.experts = nn.ModuleList(SwiGLU(dim, hidden) for _ in range(num_experts))

@@ -1,7 +1,7 @@
 """`dp-data`: inspect, validate and import demonstration stores.
 
     dp-data info PATH [--json]
-    dp-data validate PATH [--require KEY ...]
+    dp-data validate PATH [--require KEY ...] [--quick]
     dp-data import-robomimic IN.hdf5 OUT.zarr [--state-keys a,b] [--image-key agentview_image]
 """
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 
 import numpy as np
 
-from dp.data.errors import DatasetError
 from dp.data.replay_buffer import ReplayBuffer
 from dp.data.validate import find_problems
 
@@ -65,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("validate", help="exit 0 when the store is valid")
     p.add_argument("path")
     p.add_argument("--require", nargs="*", default=["action"], help="keys that must exist (default: action)")
+    p.add_argument(
+        "--quick", action="store_true", help="check metadata and chunk presence only; skip reading every chunk"
+    )
     p = sub.add_parser("import-robomimic", help="robomimic hdf5 -> zarr")
     p.add_argument("src")
     p.add_argument("dst")
@@ -79,22 +81,28 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(info, indent=2, default=str)) if args.json else _print_info(args.path, info)
         elif args.cmd == "validate":
             buffer = ReplayBuffer.open(args.path)
-            problems = find_problems(buffer, tuple(args.require))
+            problems = find_problems(buffer, tuple(args.require), quick=args.quick)
             if problems:
                 print(f"INVALID {args.path}", file=sys.stderr)
                 for prob in problems:
                     print(f"  {prob}", file=sys.stderr)
                 return 1
-            print(f"OK {args.path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps, keys {buffer.keys()}")
+            quick = " (quick: chunk data not read)" if args.quick else ""
+            print(f"OK {args.path}: {buffer.n_episodes} episodes, {buffer.n_steps} steps, keys {buffer.keys()}{quick}")
         elif args.cmd == "import-robomimic":
             from dp.data.robomimic import import_robomimic
 
             keys = [k for k in args.state_keys.split(",") if k]
             out = import_robomimic(args.src, args.dst, keys, args.image_key, args.overwrite)
             print(f"Imported {out.n_episodes} episodes ({out.n_steps} steps) to {args.dst}: keys {out.keys()}")
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - a user error ends with its message, anything else is re-raised
+        from dp.cli_errors import EXIT_USER_ERROR, user_error_message
+
+        message = user_error_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

@@ -7,8 +7,9 @@ On disk (a user can open it with plain ``zarr.open_group``)::
     .attrs              free-form metadata (task, instructions, seeds, dp version, ...)
 
 Reads zarr format 2 (the stores diffusion_policy published, e.g. PushT) and format 3.
-Writes format 3 with Blosc zstd; low-dim arrays are chunked about one episode long,
-images one frame per chunk.
+Writes format 3 with Blosc zstd and a CRC32C checksum per chunk, every chunk written (see
+``dp.data.integrity``); low-dim arrays are chunked about one episode long, images one
+frame per chunk. A damaged chunk or metadata file raises DatasetError naming it.
 """
 from __future__ import annotations
 
@@ -18,12 +19,19 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from dp.data.errors import DatasetError
+from dp.data.integrity import FIX, damaged_metadata, read_all, read_steps
 
 FORMAT_VERSION = 1  # bump (and note in CHANGELOG) if the on-disk layout changes
-COMPRESSOR = BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+# Blosc first, then crc32c: the checksum covers the compressed bytes on disk, so a flipped
+# or missing byte fails the check before Blosc runs (Blosc alone can decode a damaged chunk
+# to wrong values without complaint).
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
+# zarr 3 skips chunks that are all fill value unless told otherwise; dp writes every chunk,
+# so a chunk missing from a dp store always means damage (see integrity.every_chunk_expected).
+ARRAY_CONFIG = {"write_empty_chunks": True}
 DEFAULT_TIME_CHUNK = 200  # steps; about one episode of the tasks dp ships
 
 
@@ -44,11 +52,12 @@ class ReplayBuffer:
     (``load``/``empty``): the same methods work on both.
     """
 
-    def __init__(self, data: Mapping, episode_ends, attrs: Mapping | None = None, root=None):
+    def __init__(self, data: Mapping, episode_ends, attrs: Mapping | None = None, root=None, source: str | None = None):
         self.data = data  # key -> zarr.Array or np.ndarray
         self._episode_ends = episode_ends  # zarr.Array or np.ndarray
         self.attrs = attrs if attrs is not None else {}
         self.root = root  # the zarr group when backed by one
+        self.source = source  # the store's path, kept by in-memory copies for messages
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -66,9 +75,17 @@ class ReplayBuffer:
                 "Make one with `dp-collect task=<task> output=<path>`."
             )
         try:
-            root = zarr.open_group(str(path), mode=mode)
-        except Exception as e:  # zarr raises several types for non-stores
-            raise DatasetError(f"{path} is not a readable zarr group ({type(e).__name__}: {e}).") from e
+            # arrays opened here keep this config: appends in mode r+/a write every chunk too
+            with zarr.config.set({"array.write_empty_chunks": True}):
+                return cls._open_layout(path, mode)
+        except DatasetError:
+            raise
+        except Exception as e:  # zarr raises JSON, key, type and value errors for damaged stores
+            raise _unreadable(path, e) from e
+
+    @classmethod
+    def _open_layout(cls, path: Path, mode: str) -> "ReplayBuffer":
+        root = zarr.open_group(str(path), mode=mode)
         for group in ("data", "meta"):
             if group not in root:
                 raise DatasetError(
@@ -80,7 +97,7 @@ class ReplayBuffer:
         if "episode_ends" not in meta:
             raise DatasetError(f"{path}: missing 'meta/episode_ends' (cumulative episode end indices, int64).")
         data = {k: root["data"][k] for k in root["data"].array_keys()}
-        return cls(data, meta["episode_ends"], root.attrs, root)
+        return cls(data, meta["episode_ends"], root.attrs, root, source=str(path))
 
     @classmethod
     def create(cls, path: str | os.PathLike, overwrite: bool = False) -> "ReplayBuffer":
@@ -91,10 +108,10 @@ class ReplayBuffer:
         root = zarr.open_group(str(path), mode="w", zarr_format=3)
         root.require_group("data")
         ends = root.require_group("meta").create_array(
-            "episode_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=COMPRESSOR
+            "episode_ends", shape=(0,), chunks=(4096,), dtype="int64", compressors=COMPRESSORS, config=ARRAY_CONFIG
         )
         root.attrs["dp_format_version"] = FORMAT_VERSION
-        return cls({}, ends, root.attrs, root)
+        return cls({}, ends, root.attrs, root, source=str(path))
 
     @classmethod
     def load(cls, path: str | os.PathLike, keys: list[str] | None = None) -> "ReplayBuffer":
@@ -105,8 +122,8 @@ class ReplayBuffer:
     def to_memory(self, keys: list[str] | None = None) -> "ReplayBuffer":
         keys = self.keys() if keys is None else list(keys)
         self._require(keys)
-        data = {k: np.asarray(self.data[k][:]) for k in keys}
-        return ReplayBuffer(data, np.asarray(self._episode_ends[:], dtype=np.int64), dict(self.attrs))
+        data = {k: read_all(self.data[k]) for k in keys}
+        return ReplayBuffer(data, self.episode_ends, dict(self.attrs), source=self.source)
 
     def save(self, path: str | os.PathLike, time_chunk: int | None = None, overwrite: bool = False) -> "ReplayBuffer":
         """Write this buffer as a new format-3 store (zarr 3 has no copy_store: copied per array)."""
@@ -118,7 +135,7 @@ class ReplayBuffer:
             out._create_array(k, tuple(arr.shape[1:]), arr.dtype, chunk, length=n)
             step = max(chunk, 1) * (1 if not _is_image(arr.shape, arr.dtype) else 64)
             for s in range(0, n, step):  # bounded memory for on-disk sources
-                out.data[k][s : min(n, s + step)] = np.asarray(arr[s : min(n, s + step)])
+                out.data[k][s : min(n, s + step)] = read_steps(arr, s, min(n, s + step))
         out._episode_ends.resize((self.n_episodes,))
         out._episode_ends[:] = self.episode_ends
         out.attrs.update({k: v for k, v in dict(self.attrs).items()})
@@ -127,7 +144,7 @@ class ReplayBuffer:
     # ------------------------------------------------------------------ properties
     @property
     def episode_ends(self) -> np.ndarray:
-        return np.asarray(self._episode_ends[:], dtype=np.int64)
+        return read_all(self._episode_ends).astype(np.int64, copy=False)
 
     @property
     def n_episodes(self) -> int:
@@ -135,7 +152,8 @@ class ReplayBuffer:
 
     @property
     def n_steps(self) -> int:
-        return int(self._episode_ends[-1]) if self.n_episodes else 0
+        n = self.n_episodes
+        return int(read_steps(self._episode_ends, n - 1, n)[0]) if n else 0
 
     @property
     def episode_lengths(self) -> np.ndarray:
@@ -180,22 +198,26 @@ class ReplayBuffer:
         if not -self.n_episodes <= i < self.n_episodes:
             raise IndexError(f"episode {i} out of range: the dataset has {self.n_episodes} episodes.")
         i = i % self.n_episodes
-        ends = self._episode_ends
-        start = 0 if i == 0 else int(ends[i - 1])
-        return slice(start, int(ends[i]))
+        ends = read_steps(self._episode_ends, max(i - 1, 0), i + 1)
+        return slice(0 if i == 0 else int(ends[0]), int(ends[-1]))
 
     def get_episode(self, i: int, keys: list[str] | None = None) -> dict[str, np.ndarray]:
         """One episode as numpy arrays, ``{key: [T_i, ...]}``."""
         keys = self.keys() if keys is None else keys
         self._require(keys)
         s = self.episode_slice(i)
-        return {k: np.asarray(self.data[k][s]) for k in keys}
+        return {k: read_steps(self.data[k], s.start, s.stop) for k in keys}
 
     def _create_array(self, key: str, tail_shape: tuple[int, ...], dtype, time_chunk: int, length: int = 0) -> None:
         shape = (length, *tail_shape)
         if self.root is not None:
             self.data[key] = self.root["data"].create_array(
-                key, shape=shape, chunks=_chunks_for(shape, dtype, time_chunk), dtype=dtype, compressors=COMPRESSOR
+                key,
+                shape=shape,
+                chunks=_chunks_for(shape, dtype, time_chunk),
+                dtype=dtype,
+                compressors=COMPRESSORS,
+                config=ARRAY_CONFIG,
             )
         else:
             self.data[key] = np.zeros(shape, dtype=dtype)
@@ -235,3 +257,17 @@ class ReplayBuffer:
             self._episode_ends.append(new_end)
         else:
             self._episode_ends = np.concatenate([self._episode_ends, new_end])
+
+
+def _unreadable(path: Path, e: Exception) -> DatasetError:
+    """One-line error for a store zarr cannot open, naming the damaged metadata file when there is one."""
+    bad = damaged_metadata(path)
+    if bad:
+        return DatasetError(
+            f"{path}: damaged zarr metadata ({'; '.join(bad)}); expected the JSON zarr writes there "
+            f"(zarr.json, or .zarray/.zgroup for format 2). {FIX}"
+        )
+    return DatasetError(
+        f"{path} is not a readable zarr group ({type(e).__name__}: {e}). Expected a zarr store (format 2 or 3) "
+        f"with data/<key> arrays and meta/episode_ends. {FIX}"
+    )

@@ -133,8 +133,13 @@ class SequenceDataset(torch.utils.data.Dataset):
                 f"it has data/{buffer.keys()}. Collect with obs=image for images, or change task.obs_keys."
             )
         extra = ["task_id"] if "task_id" in buffer else []
+        if buffer.backend == "zarr":
+            # chunk data is read once: to_memory raises DatasetError naming a chunk that fails
+            # its checksum or does not decode; the NaN scan then runs on the copy in memory.
+            validate(buffer, required_keys=tuple(needed), quick=True)
+            buffer = buffer.to_memory(needed + extra)
         validate(buffer, required_keys=tuple(needed))
-        self.buffer = buffer if buffer.backend == "numpy" else buffer.to_memory(needed + extra)
+        self.buffer = buffer
         self.extra_keys = extra
         self.attrs = dict(self.buffer.attrs)
 

@@ -1,11 +1,25 @@
-"""Checks that a ReplayBuffer is well formed; every problem names its key."""
+"""Checks that a ReplayBuffer is well formed; every problem names its key.
+
+Metadata (dtypes, shapes, episode_ends) and chunk presence are always checked; unless
+``quick``, every chunk of every array is also read, which finds chunks that fail their
+checksum or do not decode, and NaN/inf in float arrays.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import zarr
 
 from dp.data.errors import DatasetError
+from dp.data.integrity import (
+    describe_missing,
+    describe_unreadable,
+    every_chunk_expected,
+    missing_chunks,
+    read_failures,
+    step_blocks,
+)
 from dp.data.replay_buffer import ReplayBuffer
 
 # Expected dtype kinds for the keys dp writes ("f" float, "u" unsigned, "i" signed int).
@@ -16,7 +30,8 @@ EXPECTED_KINDS = {
     "image": "u",
     "task_id": "iu",
 }
-SCAN_CHUNK = 1 << 16  # steps per NaN scan block: bounded memory on big image stores
+IMAGE_KEYS = ("img", "image")
+IMAGE_CHANNELS = (1, 3, 4)  # what ReplayBuffer stores as images (one frame per chunk)
 
 
 @dataclass
@@ -28,8 +43,14 @@ class Problem:
         return f"{self.key}: {self.message}"
 
 
-def find_problems(buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("action",)) -> list[Problem]:
-    """Every problem found; an empty list means the buffer is valid."""
+def find_problems(
+    buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("action",), quick: bool = False
+) -> list[Problem]:
+    """Every problem found; an empty list means the buffer is valid.
+
+    ``quick`` skips reading chunk data (checksums, decoding, NaN scan): only metadata and
+    chunk presence are checked.
+    """
     problems: list[Problem] = []
     ends_arr = buffer._episode_ends
     if not np.issubdtype(np.dtype(ends_arr.dtype), np.integer):
@@ -37,6 +58,9 @@ def find_problems(buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("actio
         return problems
     if len(ends_arr.shape) != 1:
         problems.append(Problem("meta/episode_ends", f"shape {tuple(ends_arr.shape)}, expected 1-D [E]."))
+        return problems
+    problems += _chunk_problems("meta/episode_ends", ends_arr, quick=False)  # small: always read
+    if problems:
         return problems
     ends = buffer.episode_ends
     if len(ends) == 0:
@@ -67,26 +91,59 @@ def find_problems(buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("actio
         if kinds and np.dtype(arr.dtype).kind not in kinds:
             want = {"f": "a float type", "u": "uint8", "iu": "an integer type"}[kinds]
             problems.append(Problem(name, f"dtype {arr.dtype}, expected {want}."))
-        if np.dtype(arr.dtype).kind == "f":
-            bad = _first_nonfinite(arr)
-            if bad is not None:
-                problems.append(Problem(name, f"non-finite value (NaN or inf) at step {bad}."))
+        if key in IMAGE_KEYS:
+            problems += _image_shape_problems(name, arr)
+        problems += _chunk_problems(name, arr, quick)
     return problems
 
 
-def _first_nonfinite(arr) -> int | None:
-    for s in range(0, arr.shape[0], SCAN_CHUNK):
-        block = np.asarray(arr[s : s + SCAN_CHUNK])
-        finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-        if not finite.all():
-            return s + int(np.flatnonzero(~finite)[0])
-    return None
+def _image_shape_problems(name: str, arr) -> list[Problem]:
+    """Images must be [T, H, W, C], channels last; a 3-D one would pass as a low-dim obs."""
+    shape = tuple(arr.shape)
+    if len(shape) == 4 and shape[-1] in IMAGE_CHANNELS:
+        return []
+    expected = "expected images [T, H, W, C] uint8, channels last, C in 1/3/4 (dp's policies read C=3, RGB)"
+    if len(shape) == 3:
+        fix = "add the axis and re-save: arr[..., None] (grayscale) or np.repeat(arr[..., None], 3, axis=-1) (RGB)"
+        return [Problem(name, f"shape {shape} has no channel axis; {expected}. To fix, {fix}.")]
+    fix = "if it is channels-first [T, C, H, W], re-save it with np.moveaxis(arr, 1, -1)"
+    return [Problem(name, f"shape {shape}; {expected}. To fix, {fix}.")]
 
 
-def validate(buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("action",)) -> None:
-    """Raise DatasetError listing every problem; return None when the buffer is valid."""
-    problems = find_problems(buffer, required_keys)
+def _chunk_problems(name: str, arr, quick: bool) -> list[Problem]:
+    """Missing chunks, and unless ``quick`` unreadable chunks and the first NaN/inf step."""
+    problems = []
+    if isinstance(arr, zarr.Array) and every_chunk_expected(arr):
+        missing = missing_chunks(arr)
+        if missing:
+            problems.append(Problem(name, describe_missing(arr, missing)))
+    if quick or not arr.ndim:
+        return problems
+    unreadable, nonfinite = [], None
+    is_float = np.dtype(arr.dtype).kind == "f"
+    for s, e in step_blocks(arr):
+        try:
+            block = np.asarray(arr[s:e])
+        except MemoryError:
+            raise
+        except Exception as err:  # a checksum or decode failure: find which chunks
+            unreadable += read_failures(arr, s, e, err)
+            continue
+        if is_float and nonfinite is None:
+            finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+            if not finite.all():
+                nonfinite = s + int(np.flatnonzero(~finite)[0])
+    if unreadable:
+        problems.append(Problem(name, describe_unreadable(unreadable)))
+    if nonfinite is not None:
+        problems.append(Problem(name, f"non-finite value (NaN or inf) at step {nonfinite}."))
+    return problems
+
+
+def validate(buffer: ReplayBuffer, required_keys: tuple[str, ...] = ("action",), quick: bool = False) -> None:
+    """Raise DatasetError listing every problem; return None when the buffer is valid (see ``find_problems``)."""
+    problems = find_problems(buffer, required_keys, quick)
     if problems:
-        where = f" ({buffer.root.store})" if buffer.root is not None else ""
+        where = f" ({buffer.source})" if buffer.source else ""
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DatasetError(f"Invalid dataset{where}:\n{lines}\nFix the store or re-collect it with dp-collect.")

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import torch
 
+from dp.errors import ConfigError
+
 SCHEDULES = ("vp_cosine", "flow", "edm")
 PREDICTIONS = ("eps", "x0", "v", "velocity", "edm")
 _FD = 1e-4  # finite-difference step for alpha'(t), sigma'(t)
@@ -46,16 +48,16 @@ class GaussianProcess:
         clip_x0: float | None = None,
     ):
         if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {schedule!r}.")
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
+            raise ConfigError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}.")
         if (prediction == "edm") != (schedule == "edm"):
-            raise ValueError(
+            raise ConfigError(
                 f"prediction 'edm' (preconditioned) goes with schedule 'edm' and only with it; got "
                 f"schedule={schedule!r}, prediction={prediction!r}."
             )
         if schedule == "vp_cosine" and train_steps < 2:
-            raise ValueError(f"train_steps must be >= 2 for vp_cosine, got {train_steps}.")
+            raise ConfigError(f"train_steps must be >= 2 for vp_cosine, got {train_steps}.")
         self.schedule, self.prediction = schedule, prediction
         self.train_steps = train_steps
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
@@ -200,10 +202,10 @@ class GaussianProcess:
         edm: uniform in t, which is log-uniform (exponential) in sigma.
         """
         if steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {steps}.")
+            raise ConfigError(f"sampler steps must be >= 1, got {steps}.")
         if self.schedule == "vp_cosine":
             if steps > self.train_steps:
-                raise ValueError(f"vp_cosine has {self.train_steps} training steps; got {steps} sampler steps.")
+                raise ConfigError(f"vp_cosine has {self.train_steps} training steps; got {steps} sampler steps.")
             k = torch.round(torch.linspace(self.train_steps, 0, steps + 1, dtype=torch.float64))
             return (k / self.train_steps).float().to(device)
         return torch.linspace(1.0, 0.0, steps + 1, device=device)

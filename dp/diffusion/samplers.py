@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from dp.diffusion.process import GaussianProcess, _bcast
+from dp.errors import ConfigError
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -27,7 +28,7 @@ class Sampler:
 
     def __init__(self, steps: int = 10):
         if steps < 1:
-            raise ValueError(f"{self.name}: steps must be >= 1, got {steps}.")
+            raise ConfigError(f"{self.name}: steps must be >= 1, got {steps}.")
         self.steps = int(steps)
 
     def network_calls(self) -> int:
@@ -189,7 +190,7 @@ def make_sampler(name: str, steps: int = 10, **options):
 
         return TruncatedSampler(steps, **options)
     if name not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {sorted(SAMPLERS) + list(POLICY_SAMPLERS)}, got {name!r}.")
+        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS) + list(POLICY_SAMPLERS)}, got {name!r}.")
     if options:
-        raise ValueError(f"sampler {name!r} takes no options besides steps; got {sorted(options)}.")
+        raise ConfigError(f"sampler {name!r} takes no options besides steps; got {sorted(options)}.")
     return SAMPLERS[name](steps)

@@ -28,6 +28,7 @@ import torch
 
 from dp.diffusion.process import GaussianProcess
 from dp.diffusion.samplers import Denoise, make_sampler
+from dp.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class StreamLayout:
             problems.append(f"chunk boundaries (start {self.start}, chunk {self.chunk}) split action tokens of "
                             f"{self.patch} actions")
         if problems:
-            raise ValueError("streaming needs chunk-aligned levels: " + "; ".join(problems) + ". Use e.g. horizon 16, "
+            raise ConfigError("streaming needs chunk-aligned levels: " + "; ".join(problems) + ". Use e.g. horizon 16, "
                              "n_obs_steps 1, n_action_steps 8 (or 4), or action_patch 1.")
 
     @property
@@ -86,7 +87,7 @@ class StreamingSampler:
 
     def __init__(self, steps: int = 2, base: str = "ddim"):
         if steps < 1:
-            raise ValueError(f"streaming: steps must be >= 1, got {steps}.")
+            raise ConfigError(f"streaming: steps must be >= 1, got {steps}.")
         self.steps = int(steps)
         self.base = make_sampler(base, 1)
         self.buffer: torch.Tensor | None = None  # [B, H, A], normalized units
@@ -97,7 +98,7 @@ class StreamingSampler:
 
     def passes(self, layout: StreamLayout) -> int:
         if self.steps % layout.chunks:
-            raise ValueError(f"streaming: steps ({self.steps}) must be a multiple of the number of chunks "
+            raise ConfigError(f"streaming: steps ({self.steps}) must be a multiple of the number of chunks "
                              f"({layout.chunks} = (horizon - n_obs_steps + 1) / n_action_steps).")
         return self.steps // layout.chunks
 

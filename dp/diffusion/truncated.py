@@ -16,13 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dp.errors import ConfigError
+
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0) -> torch.Tensor:
     """x [N, F] -> k centres [k, F] (k-means++ initialisation, then Lloyd iterations).
     Deterministic for a seed. An empty cluster takes the point farthest from its centre."""
     n = x.shape[0]
     if n < k:
-        raise ValueError(f"k-means needs at least k={k} samples; the dataset has {n} action chunks.")
+        raise ConfigError(f"k-means needs at least k={k} samples; the dataset has {n} action chunks.")
     g = torch.Generator().manual_seed(seed)
     x = x.float().cpu()
     centres = [x[torch.randint(n, (1,), generator=g)].squeeze(0)]
@@ -77,11 +79,11 @@ class TruncatedSampler:
     def __init__(self, steps: int = 2, level: float = 0.008, fallback_score: float = 0.05,
                  fallback: str = "ddim", fallback_steps: int = 10):
         if steps < 1:
-            raise ValueError(f"truncated: steps must be >= 1, got {steps}.")
+            raise ConfigError(f"truncated: steps must be >= 1, got {steps}.")
         if not 0 < level <= 1:
-            raise ValueError(f"truncated: level must be in (0, 1], got {level}.")
+            raise ConfigError(f"truncated: level must be in (0, 1], got {level}.")
         if not 0 <= fallback_score <= 1:
-            raise ValueError(f"truncated: fallback_score must be in [0, 1], got {fallback_score}.")
+            raise ConfigError(f"truncated: fallback_score must be in [0, 1], got {fallback_score}.")
         from dp.diffusion.samplers import make_sampler
 
         self.steps, self.level, self.fallback_score = int(steps), float(level), float(fallback_score)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dp.errors import ConfigError
+
 
 def _gn(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, channels // 16), channels)
@@ -71,7 +73,7 @@ class ImageEncoder(nn.Module):
         super().__init__()
         self.crop_size = crop or image_size
         if self.crop_size > image_size:
-            raise ValueError(f"crop {crop} must not exceed image_size {image_size}.")
+            raise ConfigError(f"crop {crop} must not exceed image_size {image_size}.")
         chans = [width * 2**i for i in range(stages)]
         self.stem = nn.Sequential(nn.Conv2d(3, width, 7, 2, 3, bias=False), _gn(width), nn.ReLU(), nn.MaxPool2d(3, 2, 1))
         layers, cin = [], width

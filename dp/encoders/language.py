@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dp.core.weights import weights_key
+from dp.errors import ConfigError
 
 ENCODERS = ("builtin", "pretrained")
 PAD, UNK = 0, 1
@@ -102,7 +103,7 @@ class PretrainedTextEncoder(nn.Module):
     def __init__(self, path: str | None, dim: int):
         super().__init__()
         if not path:
-            raise ValueError("language.encoder 'pretrained' needs language.path: a local directory holding a "
+            raise ConfigError("language.encoder 'pretrained' needs language.path: a local directory holding a "
                              "Hugging Face text model and its tokenizer (e.g. saved with save_pretrained).")
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
@@ -157,9 +158,9 @@ def make_language_encoder(cfg: dict, instructions: list[str], dim: int) -> nn.Mo
     kind = cfg.get("encoder", "builtin")
     if kind == "builtin":
         if not instructions:
-            raise ValueError("language.encoder 'builtin' builds its vocabulary from the dataset's instructions, "
+            raise ConfigError("language.encoder 'builtin' builds its vocabulary from the dataset's instructions, "
                              "and this dataset records none (attrs 'instructions'). Collect it with dp-collect.")
         return BuiltinTextEncoder(instructions, dim, layers=int(cfg.get("layers", 2)))
     if kind == "pretrained":
         return PretrainedTextEncoder(cfg.get("path"), dim)
-    raise ValueError(f"language.encoder must be one of {ENCODERS}, got {kind!r}.")
+    raise ConfigError(f"language.encoder must be one of {ENCODERS}, got {kind!r}.")

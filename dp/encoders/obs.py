@@ -16,6 +16,7 @@ from torch import nn
 
 from dp.encoders.image import ImageEncoder
 from dp.encoders.state import StateEncoder
+from dp.errors import ConfigError
 
 
 def camera_keys(shape_meta: dict) -> list[str]:
@@ -33,7 +34,7 @@ class ObsEncoder(nn.Module):
         self.cameras = camera_keys(shape_meta)
         self.keys = self.lowdim + self.cameras
         if not self.keys:
-            raise ValueError(f"shape_meta['obs'] has no usable keys: {shape_meta['obs']}.")
+            raise ConfigError(f"shape_meta['obs'] has no usable keys: {shape_meta['obs']}.")
         self.n_obs_steps = n_obs_steps
         self.encoders = nn.ModuleDict()
         for k in self.lowdim:
@@ -41,7 +42,7 @@ class ObsEncoder(nn.Module):
         for k in self.cameras:
             c, h, w = shape_meta["obs"][k]
             if c != 3 or h != w:
-                raise ValueError(f"camera '{k}' must be [3, H, H]; got {shape_meta['obs'][k]}.")
+                raise ConfigError(f"camera '{k}' must be [3, H, H]; got {shape_meta['obs'][k]}.")
             self.encoders[k] = ImageEncoder(image_size=h, dim=dim, **(image or {}))
         self.pos = nn.Parameter(torch.zeros(1, n_obs_steps * len(self.keys), dim))
         nn.init.normal_(self.pos, std=0.02)
@@ -56,7 +57,7 @@ class ObsEncoder(nn.Module):
         for k in self.keys:
             x = obs[k]
             if x.shape[1] != self.n_obs_steps:
-                raise ValueError(f"obs '{k}' has {x.shape[1]} steps; the policy expects n_obs_steps={self.n_obs_steps}.")
+                raise ConfigError(f"obs '{k}' has {x.shape[1]} steps; the policy expects n_obs_steps={self.n_obs_steps}.")
             if k in self.cameras:
                 b = x.shape[0]
                 feat = self.encoders[k](rearrange(x, "b t c h w -> (b t) c h w"))

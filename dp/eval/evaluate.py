@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from dp.errors import ConfigError
 from dp.eval.plots import latency_histogram
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
 from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
@@ -14,6 +15,10 @@ from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, reso
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
                         n_videos: int = 4, ema: bool = True, device: str = "cpu", seed: int = 0,
                         sampler: dict | None = None, max_steps: int | None = None, progress: bool = True) -> dict:
+    for name, value in (("n_episodes", n_episodes), ("n_envs", n_envs), ("n_videos", n_videos)):
+        least = 0 if name == "n_videos" else 1
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
+            raise ConfigError(f"{name}: expected an integer >= {least}, found {value!r}.")
     ckpt = resolve(checkpoint)
     cfg = load_config(ckpt)
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "eval"
@@ -25,7 +30,7 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
     tasks, env_options = checkpoint_tasks(cfg)
     seeds = eval_seeds(n_episodes)
     if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
-        raise ValueError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
     results = [
         run_episodes(policy, task, seeds, env_options, n_envs=n_envs, max_steps=max_steps, n_videos=n_videos,
                      video_dir=out / "videos", progress=progress)
@@ -61,6 +66,7 @@ def report_markdown(s: dict) -> str:
         f"- checkpoint: `{s['checkpoint']}`",
         f"- sampler: {s['sampler']}",
         f"- success: **{s['success_rate']:.1%}** over {s['episodes']} episodes (Wilson 95% CI {lo:.1%}-{hi:.1%})",
+        f"- episodes ended by a non-finite (NaN/inf) prediction: {s['nonfinite_episodes']}",
         f"- predict_action latency (batch {s['latency_ms']['batch']}): median {s['latency_ms']['median']:.1f} ms, "
         f"p99 {s['latency_ms']['p99']:.1f} ms over {s['latency_ms']['calls']} calls",
         f"- mean of the per-task success rates: {s['mean_task_success']:.1%} over {len(s['per_task'])} task(s)",

@@ -59,13 +59,16 @@ def run_episodes(
     env_options = dict(env_options or {})
     obs_keys = policy.obs_encoder.keys if hasattr(policy, "obs_encoder") else ["state"]
     episodes, latencies, frames_out = [], [], []
+    fps = None  # the env's control rate (env.step calls per simulated second): videos play in real time
     bar = tqdm(total=len(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
     policy.eval()
     for lo in range(0, len(seeds), n_envs):
         batch_seeds = seeds[lo : lo + n_envs]
         env_list = [envs.make(task, **env_options) for _ in batch_seeds]
         instruction = getattr(env_list[0].unwrapped, "instruction", "")
+        fps = fps or env_fps(env_list[0])
         hist, done, success, length = [], [False] * len(env_list), [False] * len(env_list), [0] * len(env_list)
+        nonfinite = [False] * len(env_list)  # the episode ended on a NaN/inf prediction (never sent to the env)
         last_info: list[dict] = [{} for _ in env_list]
         record = [lo + i < n_videos for i in range(len(env_list))]
         frames = [[] for _ in env_list]
@@ -86,7 +89,11 @@ def run_episodes(
             t0 = time.perf_counter()
             chunk = policy.executed_actions(policy.predict_action(obs)).float().cpu().numpy()
             latencies.append(time.perf_counter() - t0)
+            finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
             for i in live:
+                if not finite[i]:  # a failure, reported; the env never receives it
+                    nonfinite[i] = done[i] = True
+                    continue
                 for a in chunk[i]:
                     obs_i, _, terminated, truncated, info = env_list[i].step(a)
                     hist[i].append(obs_i)
@@ -101,7 +108,8 @@ def run_episodes(
                         break
         for i, env in enumerate(env_list):
             scalars = {k: v for k, v in last_info[i].items() if isinstance(v, (bool, int, float, str, np.number))}
-            episodes.append({**scalars, "seed": batch_seeds[i], "success": bool(success[i]), "length": length[i]})
+            episodes.append({**scalars, "seed": batch_seeds[i], "success": bool(success[i]), "length": length[i],
+                             "nonfinite": nonfinite[i]})
             if record[i]:
                 frames_out.append((batch_seeds[i], success[i], frames[i]))
             env.close()
@@ -110,11 +118,25 @@ def run_episodes(
     bar.close()
     videos = []
     if video_dir is not None and frames_out:
-        videos = write_videos(frames_out, Path(video_dir), task)
+        videos = write_videos(frames_out, Path(video_dir), task, fps=fps)
     return {"task": task, "episodes": episodes, "latency_s": latencies, "videos": videos, "n_envs": n_envs}
 
 
-def write_videos(frames_out, video_dir: Path, task: str, fps: int = 20) -> list[str]:
+def env_fps(env) -> float:
+    """Frames per second at which one frame per ``env.step`` plays in real time: the env's
+    ``metadata["render_fps"]``, which every env in ``envs`` sets to its control rate
+    (Meta-World 80 = 1 / (frame_skip 5 * timestep 2.5 ms), robosuite CONTROL_FREQ, Push-T 10)."""
+    fps = (getattr(env, "metadata", None) or {}).get("render_fps")
+    if fps is None:
+        fps = (getattr(env.unwrapped, "metadata", None) or {}).get("render_fps")
+    if not fps or fps <= 0:
+        raise ValueError(f"{env!r} has no positive metadata['render_fps']; cannot time its video.")
+    return fps
+
+
+def write_videos(frames_out, video_dir: Path, task: str, *, fps: float) -> list[str]:
+    """One mp4 per recorded episode, ``fps`` frames per second (one frame per env step:
+    pass the env's control rate, :func:`env_fps`, for real-time playback)."""
     import imageio.v2 as imageio
 
     video_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +162,8 @@ def summarize(results: list[dict]) -> dict:
             "episodes": n,
             "wilson95": [lo, hi],
             "mean_length": float(np.mean([e["length"] for e in r["episodes"]])) if n else float("nan"),
-            "episode_results": r["episodes"],  # per episode: seed, success, length, final info scalars
+            "nonfinite_episodes": sum(e.get("nonfinite", False) for e in r["episodes"]),
+            "episode_results": r["episodes"],  # per episode: seed, success, length, nonfinite, final info scalars
         }
         all_lat += r["latency_s"]
     rates = [v["success_rate"] for v in per_task.values()]
@@ -151,6 +174,8 @@ def summarize(results: list[dict]) -> dict:
         "success_rate": float(np.mean(rates)) if rates else float("nan"),
         "wilson95": list(wilson_interval(total_k, total_n)),
         "episodes": total_n,
+        # episodes ended by a NaN/inf prediction (counted as failures, the action never sent)
+        "nonfinite_episodes": sum(v["nonfinite_episodes"] for v in per_task.values()),
         "per_task": per_task,
         "latency_ms": {"median": lat["p50"], "p99": lat["p99"], "calls": len(all_lat),
                        "batch": results[0]["n_envs"] if results else 0},

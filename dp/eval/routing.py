@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dp.errors import ConfigError
 from dp.policies import Policy
 
 
@@ -26,7 +27,7 @@ from dp.policies import Policy
 def routing_table(policy, n_levels: int = 101) -> dict:
     ffns = policy._routed_ffns()
     if not ffns:
-        raise ValueError(f"{type(policy).__name__} has no routed ffn (policy=mode has).")
+        raise ConfigError(f"{type(policy).__name__} has no routed ffn (policy=mode has).")
     levels = torch.linspace(0, 1, n_levels, device=policy.device)
     emb = policy.dit.level_emb(levels[None])[0]  # [L, D]
     layers = []
@@ -88,4 +89,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dp.cli_errors import user_errors_exit
+
+    with user_errors_exit():
+        main()

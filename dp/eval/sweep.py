@@ -21,6 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dp.bench.common import sync, write_result
+from dp.errors import ConfigError
 from dp.eval.evaluate import evaluate_checkpoint
 from dp.eval.rollout import _stack_obs
 from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
@@ -30,7 +31,7 @@ def parse_spec(spec: str) -> dict:
     """'ddim:10' -> {"name": "ddim", "steps": 10}; extra options as 'truncated:2:fallback_score=0.1'."""
     name, *rest = spec.split(":")
     if not rest:
-        raise ValueError(f"sampler spec must be name:steps[:key=value...], got {spec!r}.")
+        raise ConfigError(f"sampler spec must be name:steps[:key=value...], got {spec!r}.")
     out = {"name": name, "steps": int(rest[0])}
     for kv in rest[1:]:
         key, value = kv.split("=", 1)
@@ -125,4 +126,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from dp.cli_errors import user_errors_exit
+
+    with user_errors_exit():
+        main()

@@ -22,6 +22,7 @@ from dp.diffusion.samplers import POLICY_SAMPLERS
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
+from dp.errors import ConfigError
 from dp.policies.anchors import AnchorBranch
 from dp.policies.base import Policy, inpaint
 
@@ -72,7 +73,7 @@ class DiTPolicy(AnchorBranch, Policy):
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
         super().__init__(config)
         if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
-            raise ValueError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
+            raise ConfigError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.action_dim = int(shape_meta["action"][0])
         self.lowdim = lowdim_keys(shape_meta)
@@ -80,13 +81,13 @@ class DiTPolicy(AnchorBranch, Policy):
         self.sampler = make_sampler(**{**DEFAULT_SAMPLER, **(sampler or {})})
         self.obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
         if ffn not in FFNS:
-            raise ValueError(f"ffn must be one of {FFNS}, got {ffn!r}.")
+            raise ConfigError(f"ffn must be one of {FFNS}, got {ffn!r}.")
         moe = {**DEFAULT_MOE, **(moe or {})}
         unknown = sorted(set(moe) - set(DEFAULT_MOE))
         if unknown:
-            raise ValueError(f"unknown moe option(s) {unknown}; allowed: {sorted(DEFAULT_MOE)}.")
+            raise ConfigError(f"unknown moe option(s) {unknown}; allowed: {sorted(DEFAULT_MOE)}.")
         if moe["balance_weight"] < 0:
-            raise ValueError(f"moe.balance_weight must be >= 0, got {moe['balance_weight']}.")
+            raise ConfigError(f"moe.balance_weight must be >= 0, got {moe['balance_weight']}.")
         self.balance_weight = float(moe["balance_weight"])
         ffn_factory = {"dense": dense_ffn, "swiglu": swiglu_ffn}.get(ffn) or moe_ffn(
             int(moe["num_experts"]), int(moe["top_k"]), bool(moe["shared_expert"]))
@@ -98,7 +99,7 @@ class DiTPolicy(AnchorBranch, Policy):
         self.tokenizer = ActionTokenizer(self.action_dim, dim, horizon, action_patch)
         self.head = ActionHead(dim, self.action_dim, action_patch)
         if initial_noise not in INITIAL_NOISE:
-            raise ValueError(f"initial_noise must be one of {INITIAL_NOISE}, got {initial_noise!r}.")
+            raise ConfigError(f"initial_noise must be one of {INITIAL_NOISE}, got {initial_noise!r}.")
         self.initial_noise = initial_noise
         self._episode_noise: torch.Tensor | None = None
         self.generator: torch.Generator | None = None  # set for reproducible sampling
@@ -110,27 +111,27 @@ class DiTPolicy(AnchorBranch, Policy):
         streaming = {**DEFAULT_STREAMING, **(streaming or {})}
         unknown = sorted(set(streaming) - set(DEFAULT_STREAMING))
         if unknown:
-            raise ValueError(f"unknown streaming option(s) {unknown}; allowed: {sorted(DEFAULT_STREAMING)}.")
+            raise ConfigError(f"unknown streaming option(s) {unknown}; allowed: {sorted(DEFAULT_STREAMING)}.")
         if not 0 <= streaming["train_fraction"] <= 1:
-            raise ValueError(f"streaming.train_fraction must be in [0, 1], got {streaming['train_fraction']}.")
+            raise ConfigError(f"streaming.train_fraction must be in [0, 1], got {streaming['train_fraction']}.")
         self.stream_fraction = float(streaming["train_fraction"])
         if self.stream_fraction > 0 or self.sampler.name == "streaming":
             self.stream_layout  # noqa: B018  (checks the chunk layout now, not at the first call)
         anchors = {**DEFAULT_ANCHORS, **(anchors or {})}
         unknown = sorted(set(anchors) - set(DEFAULT_ANCHORS))
         if unknown:
-            raise ValueError(f"unknown anchors option(s) {unknown}; allowed: {sorted(DEFAULT_ANCHORS)}.")
+            raise ConfigError(f"unknown anchors option(s) {unknown}; allowed: {sorted(DEFAULT_ANCHORS)}.")
         self.anchor_cfg = anchors
         self.anchor_score = None
         if anchors["count"] > 0:
             if self.process.prediction != "x0":
-                raise ValueError("anchors (truncated diffusion) need process.prediction 'x0', as DiffusionDrive: "
+                raise ConfigError("anchors (truncated diffusion) need process.prediction 'x0', as DiffusionDrive: "
                                  f"from a small level an anchor moves far, which eps/v targets cannot express; got "
                                  f"{self.process.prediction!r}. Set policy.process.prediction=x0.")
             self.anchor_score = torch.nn.Linear(dim, 1)
             self.register_buffer("anchors", torch.zeros(int(anchors["count"]), horizon, self.action_dim))
         if self.sampler.name == "truncated" and self.anchor_score is None:
-            raise ValueError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+            raise ConfigError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
 
     @property
     def stream_layout(self) -> StreamLayout:
@@ -224,7 +225,7 @@ class DiTPolicy(AnchorBranch, Policy):
                               "the buffer's staggered levels, expect poor actions. Train with "
                               "policy.streaming.train_fraction=0.8.", stacklevel=2)
         if name == "truncated" and self.anchor_score is None:
-            raise ValueError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+            raise ConfigError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
         self.sampler = sampler
         self.config["sampler"] = {"name": name, "steps": steps, **options}
 
@@ -256,7 +257,7 @@ class DiTPolicy(AnchorBranch, Policy):
                            "(dp-eval does this from the env's instruction).")
         texts = [texts] if isinstance(texts, str) else list(texts)
         if len(texts) != b:
-            raise ValueError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
+            raise ConfigError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
         return texts
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache, with_score: bool = False):
@@ -378,6 +379,6 @@ class DiTPolicy(AnchorBranch, Policy):
         k = committed.shape[1] if committed.dim() == 3 else -1
         if committed.dim() != 3 or committed.shape[0] != b or committed.shape[2] != self.action_dim \
                 or not 0 < k <= self.horizon - start:
-            raise ValueError(f"committed must be [B={b}, k, A={self.action_dim}] with 1 <= k <= "
+            raise ConfigError(f"committed must be [B={b}, k, A={self.action_dim}] with 1 <= k <= "
                              f"{self.horizon - start}; got {tuple(committed.shape)}.")
         return slice(start, start + k), self.normalizer.normalize("action", committed)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dp.errors import ConfigError
+
 
 class StepBatches:
     def __init__(self, n_windows: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
@@ -15,7 +17,7 @@ class StepBatches:
         per_rank = n_windows // world
         self.batches_per_epoch = per_rank // batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"Dataset has {n_windows} training windows; batch_size {batch_size} x {world} process(es) needs more. "
                 "Lower training.batch_size or collect more episodes."
             )

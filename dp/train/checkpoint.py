@@ -1,18 +1,25 @@
-"""Checkpoints: one directory per save, written atomically, loadable without pickles.
+"""Checkpoints: one directory per save, written atomically, loadable without pickles or code.
 
     <output_dir>/checkpoints/step_00005000/
         weights.safetensors   policy state dict (normalizer included)
         ema.safetensors       EMA weights (what evaluation uses by default)
         config.yaml           the full training config; its `policy` section rebuilds the policy
         train_state.pt        optimizer, scheduler, step, loss history (torch.load weights_only)
-        meta.json             step, dp version, checkpoint format version
+        meta.json             step, dp version, format version, size + sha256 of every file above
     <output_dir>/checkpoints/latest -> step_00005000   (symlink, replaced atomically)
 
-A save goes to ``.step_XXXXXXXX.tmp-<pid>`` and is renamed into place when complete, so
-a crash never leaves a half-written checkpoint under a real name.
+A save goes to ``.step_XXXXXXXX.tmp-<pid>``, every file and the directory are fsynced, and
+it is renamed into place when complete: a crash or power loss never leaves a half-written
+checkpoint under a real name. Temp directories of killed writers are removed by the next save.
+
+Loading treats the checkpoint as untrusted (it may have been downloaded): the policy is
+built through ``dp.policies.registry.build_policy`` (registered classes and plain data only,
+never ``hydra.utils.instantiate``), weights come from safetensors, the training state from
+``torch.load(weights_only=True)``, and weights that are not finite are refused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,15 +27,19 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import dp
+from dp.data.atomic import fsync_dir, fsync_tree, remove_stale_tmp
+from dp.errors import ConfigError, UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: meta.json lists every file's size and sha256 (format 1 checkpoints still load)
 LATEST = "latest"
+REQUIRED = ("weights.safetensors", "config.yaml", "train_state.pt", "meta.json")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 
@@ -36,21 +47,40 @@ def _tensors(state_dict: dict) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, scheduler, config: dict,
                     train_state: dict, keep: int = 2) -> Path:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(root, ".step_")
+    remove_stale_tmp(root, f".{LATEST}")
     name = f"step_{step:08d}"
     tmp = root / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_tensors(policy.state_dict()), tmp / "weights.safetensors")
-    if ema_policy is not None:
-        save_file(_tensors(ema_policy.state_dict()), tmp / "ema.safetensors")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, **train_state},
-               tmp / "train_state.pt")
-    (tmp / "meta.json").write_text(json.dumps({"step": step, "dp_version": dp.__version__, "format": FORMAT_VERSION}))
+    try:
+        tmp.mkdir()
+        save_file(_tensors(policy.state_dict()), tmp / "weights.safetensors")
+        if ema_policy is not None:
+            save_file(_tensors(ema_policy.state_dict()), tmp / "ema.safetensors")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    **train_state}, tmp / "train_state.pt")
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "dp_version": dp.__version__,
+                                                   "format": FORMAT_VERSION, "files": files}))
+        fsync_tree(tmp)
+    except (OSError, SafetensorError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {root / name} ({str(e).splitlines()[0]}); the checkpoints "
+                              f"already in {root} are untouched. Free disk space or choose a writable "
+                              "output_dir.") from e
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -60,12 +90,87 @@ def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, schedu
         link.unlink()
     link.symlink_to(name)
     os.replace(link, root / LATEST)
+    fsync_dir(root)
     saved = sorted(p for p in root.glob("step_*") if p.is_dir())
     for old in saved[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+# ------------------------------------------------------------------ integrity
+def problems_of(ckpt: Path, checksums: bool = True) -> list[str]:
+    """Why ``ckpt`` is not a complete checkpoint; [] when it is.
+
+    Complete: every required file present, meta.json readable, each safetensors header
+    readable, and (format >= 2, ``checksums``) every file's size and sha256 as meta.json lists."""
+    ckpt = Path(ckpt)
+    if not ckpt.is_dir():
+        return [f"{ckpt} is not a directory" + (" (a dangling link)" if ckpt.is_symlink() else "")]
+    missing = [f for f in REQUIRED if not (ckpt / f).is_file()]
+    if missing:
+        return [f"missing {', '.join(missing)}"]
+    try:
+        meta = json.loads((ckpt / "meta.json").read_text())
+        listed = meta.get("files", {}) if meta.get("format", 1) >= 2 else {}
+    except (ValueError, AttributeError) as e:
+        return [f"meta.json is unreadable ({e})"]
+    problems = []
+    for name, want in listed.items():
+        path = ckpt / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+        elif path.stat().st_size != want.get("bytes"):
+            problems.append(f"{name} has {path.stat().st_size} bytes, meta.json says {want.get('bytes')}")
+        elif checksums and _sha256(path) != want.get("sha256"):
+            problems.append(f"{name} does not match its sha256 in meta.json")
+    for name in ("weights.safetensors", "ema.safetensors"):
+        if (ckpt / name).exists() and not any(p.startswith(name) for p in problems):
+            try:
+                with safe_open(str(ckpt / name), framework="pt"):
+                    pass
+            except (SafetensorError, OSError) as e:
+                problems.append(f"{name} is unreadable ({e})")
+    return problems
+
+
+def verify(ckpt: Path) -> None:
+    problems = problems_of(ckpt)
+    if problems:
+        raise CheckpointError(f"{ckpt} is damaged or incomplete: {'; '.join(problems)}. Use another checkpoint "
+                              f"(checkpoints/step_*) or retrain.")
+
+
+def step_dirs(root: Path) -> list[Path]:
+    """``step_*`` checkpoint directories under ``root``, newest first."""
+    return sorted((p for p in Path(root).glob("step_*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def newest_complete(root: Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint under a checkpoints/ root (``latest`` first, then
+    ``step_*`` newest first) and a line for each one skipped."""
+    root, skipped = Path(root), []
+    latest = root / LATEST
+    candidates = ([latest.resolve()] if latest.exists() else []) + step_dirs(root)
+    if latest.is_symlink() and not latest.exists():
+        skipped.append(f"{latest} -> {os.readlink(latest)}: dangling link")
+    seen = set()
+    for cand in candidates:
+        if cand in seen:
+            continue
+        seen.add(cand)
+        problems = problems_of(cand)
+        if not problems:
+            return cand, skipped
+        skipped.append(f"{cand.name}: {'; '.join(problems)}")
+    return None, skipped
+
+
+def has_checkpoints(root: Path) -> bool:
+    root = Path(root)
+    return (root / LATEST).is_symlink() or bool(step_dirs(root))
+
+
+# ------------------------------------------------------------------ loading
 def resolve(path: str | os.PathLike) -> Path:
     """A checkpoint directory, a run directory (uses checkpoints/latest) or a checkpoints/ root."""
     path = Path(path)
@@ -80,7 +185,16 @@ def resolve(path: str | os.PathLike) -> Path:
 
 def load_config(path: str | os.PathLike) -> dict:
     ckpt = resolve(path)
-    return yaml.safe_load((ckpt / "config.yaml").read_text())
+    try:
+        cfg = yaml.safe_load((ckpt / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt} has no config.yaml: it cannot rebuild its policy. Use a complete "
+                              "checkpoint written by dp-train.") from None
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{ckpt}/config.yaml is not valid YAML ({str(e).splitlines()[0]}).") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{ckpt}/config.yaml must be a mapping, found {type(cfg).__name__}.")
+    return cfg
 
 
 def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
@@ -90,21 +204,42 @@ def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
     return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs.get("env_options") or {})
 
 
+def _load_tensors(path: Path) -> dict:
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}). Use another checkpoint.") from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf) in {bad[:5]}"
+                              f"{' and more' if len(bad) > 5 else ''}; refusing to load it. Use an earlier "
+                              "checkpoint, or retrain with a lower training.lr.")
+    return state
+
+
 def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
     """Rebuild the policy from config.yaml and load (EMA) weights; normalizer included."""
-    from hydra.utils import instantiate
-
     from dp.data.normalizer import Normalizer
+    from dp.policies.registry import build_policy
 
     ckpt = resolve(path)
+    verify(ckpt)
     cfg = load_config(ckpt)
-    if "policy" not in cfg or "_target_" not in cfg["policy"]:
-        raise CheckpointError(f"{ckpt}/config.yaml has no policy._target_; it cannot rebuild the policy.")
-    policy = instantiate(cfg["policy"], _convert_="all")
+    if not isinstance(cfg.get("policy"), dict):
+        raise CheckpointError(f"{ckpt}/config.yaml has no policy section; it cannot rebuild the policy.")
+    try:
+        policy = build_policy(cfg["policy"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}/config.yaml refused: {e}") from None
     weights = ckpt / ("ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "weights.safetensors")
-    state = load_file(str(weights))
+    state = _load_tensors(weights)
     policy.normalizer = Normalizer.from_state_dict(state, prefix="normalizer.")
-    missing, unexpected = policy.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(f"{weights} does not match the policy its config builds: {'; '.join(lines[:3])}. "
+                              "The weights and config.yaml come from different runs.") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights} does not match the policy its config builds: missing {missing[:5]}, unexpected {unexpected[:5]}."
@@ -116,7 +251,7 @@ def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
 def load_train_state(path: Path) -> tuple[dict, dict, dict]:
     """(weights, ema weights or None, train_state) of a checkpoint, for resuming."""
     ckpt = resolve(path)
-    weights = load_file(str(ckpt / "weights.safetensors"))
-    ema = load_file(str(ckpt / "ema.safetensors")) if (ckpt / "ema.safetensors").exists() else None
+    weights = _load_tensors(ckpt / "weights.safetensors")
+    ema = _load_tensors(ckpt / "ema.safetensors") if (ckpt / "ema.safetensors").exists() else None
     state = torch.load(ckpt / "train_state.pt", weights_only=True)
     return weights, ema, state

@@ -7,8 +7,8 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from dp.cli_errors import user_errors_exit
 from dp.collect import CONFIG_DIR
-from dp.data.errors import DatasetError
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
@@ -16,10 +16,8 @@ def _main(cfg: DictConfig) -> None:
     from dp.train.trainer import Trainer
 
     try:
-        summary = Trainer(cfg).run()
-    except (DatasetError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit():
+            summary = Trainer(cfg).run()
     except KeyboardInterrupt as e:
         print(f"stopped: {e}", file=sys.stderr)
         sys.exit(130)

@@ -15,18 +15,23 @@ import contextlib
 import json
 import math
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.data.atomic import GracefulInterrupt
+from dp.errors import ConfigError, UserError
 from dp.train.batches import StepBatches
-from dp.train.checkpoint import LATEST, load_train_state, save_checkpoint
+from dp.policies.registry import build_policy, policy_class, policy_options
+from dp.train.checkpoint import (
+    LATEST, CheckpointError, has_checkpoints, load_train_state, newest_complete, save_checkpoint,
+)
+from dp.train.config_checks import check_train_config
 from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from dp.train.ema import EMA
 from dp.train.schedule import param_groups, warmup_cosine
@@ -36,7 +41,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device=cpu.")
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu.")
     return torch.device(name)
 
 
@@ -47,7 +52,7 @@ def obs_keys_for(task_cfg) -> dict[str, str]:
         return {"state": "state"}
     if obs == "image":  # camera + proprioception only: the full state would give the objects away
         return {"agent_pos": "agent_pos", "image": "img"}
-    raise ValueError(f"task.obs must be 'state' or 'image', got {obs!r}.")
+    raise ConfigError(f"task.obs must be 'state' or 'image', got {obs!r}.")
 
 
 def shape_meta_of(dataset: SequenceDataset) -> dict:
@@ -71,11 +76,32 @@ def open_dataset(cfg) -> SequenceDataset:
             f"output={path}"
         )
     p = cfg.policy
-    return SequenceDataset(
+    dataset = SequenceDataset(
         path, horizon=p.horizon, n_obs_steps=p.n_obs_steps, n_action_steps=p.n_action_steps,
         obs_keys=obs_keys_for(cfg.task), val_ratio=cfg.training.val_ratio, seed=cfg.seed,
         max_train_episodes=cfg.training.get("max_train_episodes"),
     )
+    check_dataset_task(dataset.attrs, cfg.task, path)
+    return dataset
+
+
+def check_dataset_task(attrs, task_cfg, path) -> None:
+    """The tasks a dataset records must be the task config's (``task.allow_mismatch=true`` skips this).
+
+    A store that records no tasks (imported from elsewhere) is not checked."""
+    import envs
+
+    recorded = list(attrs.get("tasks") or ([attrs["task"]] if attrs.get("task") else []))
+    if not recorded or task_cfg.get("allow_mismatch", False):
+        return
+    expected = list(envs.task_set(task_cfg.env))
+    if sorted(recorded) != sorted(expected):
+        shown = recorded if len(recorded) <= 5 else recorded[:5] + [f"... {len(recorded)} tasks"]
+        raise DatasetError(
+            f"{path} holds demonstrations of {shown}, but task={task_cfg.name} trains and evaluates "
+            f"{expected if len(expected) <= 5 else task_cfg.env}. Pick the matching task (task=...), point "
+            "task.dataset_path at that task's store, or pass task.allow_mismatch=true if this is intended."
+        )
 
 
 def to_device(batch, device):
@@ -88,6 +114,7 @@ def to_device(batch, device):
 
 class Trainer:
     def __init__(self, cfg: DictConfig):
+        check_train_config(cfg)
         self.cfg = cfg
         self.dist: DistInfo = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device)
@@ -104,10 +131,11 @@ class Trainer:
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         policy_cfg.pop("name", None)
         policy_cfg["shape_meta"] = self.shape_meta
-        if "sampler" in cfg and cfg.sampler is not None and "sampler" in _init_args(policy_cfg["_target_"]):
-            policy_cfg["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
+        sampler = cfg.get("sampler")
+        if sampler is not None and "sampler" in policy_options(policy_class(policy_cfg.get("_target_"))):
+            policy_cfg["sampler"] = OmegaConf.to_container(sampler, resolve=True)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
-        self.policy = instantiate(policy_cfg, _convert_="all").to(self.device)
+        self.policy = build_policy(policy_cfg).to(self.device)
         self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
         if hasattr(self.policy, "fit_to_data"):  # e.g. anchors for truncated diffusion (resuming reloads them)
             self.policy.fit_to_data(self.dataset)
@@ -125,6 +153,8 @@ class Trainer:
             )
         self.loss_fn = torch.compile(self.model) if t.get("compile") else self.model
         self.step = 0
+        self.wandb_id: str | None = None
+        self.last_metrics: dict = {}
         self.history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": [], "eval_step": [],
                         "eval_success": []}
         self.full_config = self._full_config(policy_cfg)
@@ -141,11 +171,21 @@ class Trainer:
         return cfg
 
     def _resume(self) -> None:
-        if not (self.ckpt_root / LATEST).exists():
+        """Continue from the newest complete checkpoint (``latest``, else the newest ``step_*``
+        whose files and checksums read back); never silently from step 0 when checkpoints exist."""
+        ckpt, skipped = newest_complete(self.ckpt_root)
+        for line in skipped if self.dist.main else []:
+            print(f"resume: skipped {line}")
+        if ckpt is None:
+            if has_checkpoints(self.ckpt_root):
+                raise CheckpointError(
+                    f"resume=true, but no checkpoint under {self.ckpt_root} is complete and readable "
+                    f"({len(skipped)} skipped, listed above). Refusing to start over from step 0: pass "
+                    "resume=false to retrain from scratch, or a new output_dir.")
             if self.dist.main:
                 print(f"resume=true but no checkpoint under {self.ckpt_root}; starting from step 0")
             return
-        weights, ema, state = load_train_state(self.ckpt_root / LATEST)
+        weights, ema, state = load_train_state(ckpt)
         self.policy.load_state_dict(weights)
         if self.ema is not None and ema is not None:
             self.ema.model.load_state_dict(ema)
@@ -153,8 +193,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in json.loads(state["history"]).items()}
+        self.wandb_id = state.get("wandb_id") or None
         if self.dist.main:
-            print(f"resumed from {self.ckpt_root / LATEST} at step {self.step}")
+            print(f"resumed from {ckpt} at step {self.step}")
 
     # -------------------------------------------------------------- steps
     def _batch(self, idx) -> dict:
@@ -175,17 +216,27 @@ class Trainer:
         self.last_metrics = {k: v.detach() for k, v in out.items() if k != "loss"}  # e.g. balance loss, router stats
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.cfg.training.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.training.grad_clip)
+        # max_norm inf when clipping is off: the norm is still computed (and logged), grads scaled by 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.training.grad_clip or math.inf)
+        self.last_metrics["grad_norm"] = grad_norm.detach()
+        value = loss.detach().float().item()
+        # checked before the weights change, on the all-reduced gradient norm too, so every DDP rank stops
+        if not (math.isfinite(value) and math.isfinite(float(grad_norm))):
+            self._diverged(value, float(grad_norm))
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.policy, self.step)
-        value = loss.detach().float().item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {self.step}; lower training.lr or check the data.")
         return value
+
+    def _diverged(self, loss: float, grad_norm: float):
+        last, _ = newest_complete(self.ckpt_root)
+        saved = f"the last finite checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step + 1}: loss {loss}, gradient norm {grad_norm}; {saved} "
+            "(weights after it were not saved). Retrain with a lower training.lr (e.g. half), keep "
+            "training.grad_clip on, and check the data with `dp-data validate`.")
 
     @torch.no_grad()
     def val_loss(self, max_batches: int = 4) -> float | None:
@@ -209,15 +260,18 @@ class Trainer:
         from dp.eval.rollout import eval_seeds, run_episodes, summarize
 
         policy = self.ema.model if self.ema is not None else self.policy
+        video_dir = self.out / "eval_videos" / f"step_{self.step:08d}"
         results = [
             run_episodes(policy, task, eval_seeds(n_episodes), self.dataset.attrs.get("env_options"),
-                         n_envs=self.cfg.eval.n_envs, progress=False)
+                         n_envs=self.cfg.eval.n_envs, n_videos=1, video_dir=video_dir, progress=False)
             for task in self.dataset.attrs.get("tasks", [self.cfg.task.env])
         ]
-        return summarize(results)
+        summary = summarize(results)
+        summary["videos"] = {r["task"]: r["videos"][0] for r in results if r["videos"]}  # one mp4 per task
+        return summary
 
     def save(self) -> Path:
-        state = {"history": json.dumps(self.history)}
+        state = {"history": json.dumps(self.history), "wandb_id": self.wandb_id or ""}
         return save_checkpoint(self.ckpt_root, self.step, self.policy, self.ema.model if self.ema else None,
                                self.optimizer, self.scheduler, self.full_config, state, self.cfg.training.keep_checkpoints)
 
@@ -262,7 +316,10 @@ class Trainer:
                     bar.write(f"step {self.step}: eval success {res['success_rate']:.0%} "
                               f"({res['episodes']} episodes)")
                     if run is not None:
-                        run.log({"eval/success_rate": res["success_rate"]}, step=self.step)
+                        import wandb
+
+                        videos = {f"eval/video/{k}": wandb.Video(v, format="mp4") for k, v in res["videos"].items()}
+                        run.log({"eval/success_rate": res["success_rate"], **videos}, step=self.step)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     if main:
                         self.save()
@@ -300,14 +357,11 @@ class Trainer:
             return None
         import wandb
 
+        # the run id travels in the checkpoint, so resume=true continues the same wandb run
+        self.wandb_id = self.cfg.logging.get("run_id") or self.wandb_id or uuid.uuid4().hex[:8]
         return wandb.init(project=self.cfg.logging.project, mode=mode, dir=str(self.out), config=self.full_config,
-                          name=self.out.name, resume="allow", id=self.cfg.logging.get("run_id") or None)
+                          name=self.out.name, resume="allow", id=self.wandb_id)
 
 
-def _init_args(target: str) -> set[str]:
-    import importlib
-    import inspect
-
-    module, name = target.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module), name)
-    return set(inspect.signature(cls.__init__).parameters)
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became NaN or inf."""
