@@ -23,14 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 import dp
+from dp.constants import CONFIG_DIR, SEED_STRIDE
 from dp.data.atomic import GracefulInterrupt, atomic_store
 from dp.data.errors import DatasetError
 from dp.data.replay_buffer import ReplayBuffer
 from dp.data.validate import validate
 
-SEED_STRIDE = 1_000_000  # seeds of task k in a set start at seed + k * SEED_STRIDE
-EVAL_SEED_BASE = 1_000_000_000  # evaluation seeds start here: never used for collection
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 
 def collect(cfg: DictConfig | dict) -> dict:

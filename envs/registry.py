@@ -2,7 +2,7 @@
 
     NAMES: list[str]                       single-task names it owns
     make(name, **options) -> gym.Env
-    expert(name) -> Expert
+    expert(name) -> Expert                 (or EXPERTS: the module that has it, e.g. robosuite's)
     instruction(name) -> str
     SETS: dict[str, list[str]]             (optional) multi-task sets, e.g. mt10
 
@@ -74,7 +74,6 @@ def _check_single(name: str):
     return mod
 
 
-
 def make(name: str, **options):
     """Build the gymnasium env for one task (see the package docstring for conventions)."""
     return _check_single(name).make(name, **options)
@@ -82,7 +81,9 @@ def make(name: str, **options):
 
 def expert(name: str):
     """The scripted expert for one task: an object with reset() and act(obs)."""
-    return _check_single(name).expert(name)
+    family = _check_single(name)
+    experts = importlib.import_module(family.EXPERTS) if hasattr(family, "EXPERTS") else family
+    return experts.expert(name)
 
 
 def task_set(name: str) -> tuple[str, ...]:

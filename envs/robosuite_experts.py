@@ -445,5 +445,6 @@ EXPERTS = {
 }
 
 
-def make_expert(name: str):
+def expert(name: str):
+    """The scripted expert of robosuite task ``name`` (the registry calls this)."""
     return EXPERTS[name]()

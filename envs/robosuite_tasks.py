@@ -107,6 +107,7 @@ TASKS = {
     ),
 }
 NAMES = list(TASKS)
+EXPERTS = "envs.robosuite_experts"  # the registry finds expert() there (experts import this module)
 # size of robosuite's object-state per task (the experts read it from the end of `state`)
 OBJECT_DIMS = {"rs_lift": 10, "rs_can": 14, "rs_square": 14, "rs_stack": 23, "rs_two_arm_lift": 19}
 TWO_ARM_CONFIGURATION = "parallel"
@@ -350,9 +351,3 @@ def make(name: str, **options) -> RobosuiteEnv:
     if unknown:
         raise EnvOptionError(f"unknown option(s) {unknown} for {name}; options are {list(OPTIONS)}.")
     return RobosuiteEnv(name, **options)
-
-
-def expert(name: str):
-    from envs import robosuite_experts
-
-    return robosuite_experts.make_expert(name)

@@ -268,7 +268,7 @@ def main() -> None:
         c["cases"] += 1
         c["tracebacks"] += r["traceback"]
         c["silent_acceptance"] += r["silent"]
-    from dp.bench.common import machine_info
+    from dp.results import machine_info
 
     result = {"totals": totals, "by_class": by_class, "cases": rows, "code_execution": executed,
               "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info("cpu")}

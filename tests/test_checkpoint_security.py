@@ -10,8 +10,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from dp.policies.registry import build_policy
-from dp.train.checkpoint import CheckpointError, load_policy
+from dp.checkpoint import CheckpointError
+from dp.policies.registry import build_policy, load_policy
 from train_helpers import rewrite_checkpoint_file, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

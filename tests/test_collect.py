@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from dp.collect import EVAL_SEED_BASE, collect
+from dp.collect import collect
+from dp.constants import EVAL_SEED_BASE
 from dp.data import DatasetError, ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from dp.train.checkpoint import CheckpointError
+from dp.checkpoint import CheckpointError
 from dp.train.cli import main as dp_train
 from dp.train.trainer import Trainer
 from train_helpers import TINY_DIT, toy_dataset, train_cfg, train_cli_args
@@ -120,7 +120,7 @@ def test_divergence_stops_with_the_step_and_the_last_finite_checkpoint(tmp_path,
     assert "training diverged at step" in err[0] and "step_00000010" in err[0] and "training.lr" in err[0], err
     latest = (run / "checkpoints" / "latest").resolve()
     assert latest.name == "step_00000010"
-    from dp.train.checkpoint import load_policy
+    from dp.policies.registry import load_policy
 
     load_policy(latest)  # finite: loads
 

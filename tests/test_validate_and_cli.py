@@ -159,7 +159,7 @@ def test_dp_eval_reports_non_finite_predictions(tmp_path, monkeypatch, capsys):
     from dp.eval.cli import main as dp_eval
     from train_helpers import tiny_checkpoint
 
-    from dp.train.checkpoint import load_policy
+    from dp.policies.registry import load_policy
 
     policy = load_policy(tiny_checkpoint(tmp_path / "run"))
     with torch.no_grad():  # finite weights whose predictions overflow: the checkpoint loads, NaN comes out

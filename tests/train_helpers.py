@@ -5,7 +5,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from dp.collect import CONFIG_DIR, collect
+from dp.collect import collect
+from dp.constants import CONFIG_DIR
 
 TINY_DIT = ["policy.dim=32", "policy.depth=2", "policy.heads=2", "policy.horizon=8", "policy.n_action_steps=4"]
 
@@ -44,7 +45,7 @@ def tiny_checkpoint(run: Path, policy=None, step: int = 1) -> Path:
 
     from dp.data import Normalizer
     from dp.policies import DiTPolicy
-    from dp.train.checkpoint import save_checkpoint
+    from dp.checkpoint import save_checkpoint
 
     if policy is None:
         torch.manual_seed(0)

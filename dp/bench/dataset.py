@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dp.bench.common import median_time, write_result
+from dp.results import median_time, write_result
 from dp.data import ReplayBuffer, SequenceDataset
 
 HORIZON, TO, TA = 16, 2, 8

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import torch
 
-from dp.bench.common import result_name, sync, write_result
+from dp.results import result_name, sync, write_result
 from dp.data import Normalizer
 from dp.policies import DiTPolicy, MLPBCPolicy
 

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dp.bench.common import result_name, sync, write_result
+from dp.results import result_name, sync, write_result
 from dp.bench.traffic import MatmulReads
 from dp.core.moe import FusedExperts
 from dp.data import Normalizer
@@ -74,7 +74,8 @@ def variants(checkpoint: str | None = None) -> dict:
         uncached = _fit(MoDEPolicy(SHAPE_META, depth=4, **common))
         uncached.load_state_dict(cached.state_dict())
     else:
-        from dp.train.checkpoint import load_config, load_policy
+        from dp.checkpoint import load_config
+        from dp.policies.registry import load_policy
 
         cached, uncached = load_policy(checkpoint).eval(), load_policy(checkpoint).eval()
         for p in (cached, uncached):

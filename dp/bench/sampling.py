@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp.bench.common import result_name, write_result
+from dp.results import result_name, write_result
 from dp.data import Normalizer
 from dp.eval.sweep import add_savings, cost_per_call, parse_spec
 from dp.policies import DiTPolicy

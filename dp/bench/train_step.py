@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp.bench.common import median_time, result_name, sync, write_result
+from dp.results import median_time, result_name, sync, write_result
 from dp.bench.latency import _policy
 from dp.train.ema import EMA
 from dp.train.schedule import param_groups

@@ -14,10 +14,11 @@ import torch
 from omegaconf import DictConfig
 
 from dp.cli_errors import run_config
-from dp.collect import CONFIG_DIR, EVAL_SEED_BASE
+from dp.constants import CONFIG_DIR, EVAL_SEED_BASE
 from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
 from dp.errors import ConfigError
-from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
+from dp.checkpoint import checkpoint_tasks, load_config, resolve
+from dp.policies.registry import load_policy
 
 ROBOTS = ("sim",)
 FAULT_STOPS = ("nonfinite_actions", "consecutive_misses")  # stop reasons that end dp-control with status 3
@@ -54,7 +55,7 @@ def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | dict | N
         task = task.get("env")
     task = task or tasks[0]
     if EVAL_SEED_BASE <= int(cfg.get("collection_seeds_max", -1)):
-        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.constants.EVAL_SEED_BASE")
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "control"
     from dp.control.robot import SimRobot
 

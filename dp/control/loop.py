@@ -50,7 +50,7 @@ import torch
 from dp.control.robot import Robot
 from dp.control.telemetry import Telemetry
 from dp.errors import ConfigError
-from dp.eval.rollout import _stack_obs
+from dp.eval.rollout import stack_obs
 
 log = logging.getLogger("dp.control")
 
@@ -304,7 +304,7 @@ class ControlLoop:
         return np.clip(np.where(np.isfinite(middle), middle, 0.0), self.low, self.high).astype(np.float32)
 
     def _obs_batch(self, history: deque) -> dict:
-        obs = {k: torch.from_numpy(v) for k, v in _stack_obs([history], self.obs_keys).items()}
+        obs = {k: torch.from_numpy(v) for k, v in stack_obs([history], self.obs_keys).items()}
         obs["instruction"] = [self.robot.instruction]
         return obs
 
@@ -340,7 +340,7 @@ class ControlLoop:
         return summary
 
     def _summary_info(self, predictor: Predictor, blend: str, threads: int, wall_s: float) -> dict:
-        from dp.bench.common import machine_info
+        from dp.results import machine_info
 
         results = getattr(self.robot, "results", None)
         reports = getattr(self.robot, "reports_success", False)

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dp.collect import EVAL_SEED_BASE
+from dp.constants import EVAL_SEED_BASE
 
 
 @runtime_checkable

@@ -91,9 +91,9 @@ class Telemetry:
 
 def latency_histograms(inference_ms, jitter_ms, path: str | Path, period_ms: float) -> Path:
     """Two panels: predict latency against the tick period, and tick start jitter."""
-    from dp.eval.plots import _plt
+    from dp.eval.plots import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, values, name in ((axes[0], inference_ms, "inference"), (axes[1], jitter_ms, "tick jitter")):
         v = np.asarray(values, dtype=np.float64)

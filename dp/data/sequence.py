@@ -6,19 +6,46 @@ up to ``pad_after = n_action_steps - 1`` steps after it; out-of-episode steps re
 episode's first or last frame. Clipping each time index into ``[episode_start,
 episode_end - 1]`` gives exactly that padding, so a window is one fancy-index gather.
 
+Each window has a *current step* ``t = window start + n_obs_steps - 1``, the step of its
+last observation. What a sample holds is set per batch name by ``key_offsets``: time
+offsets relative to ``t`` (strictly increasing integers). The defaults are the window::
+
+    obs name:  range(-(To-1), 1)          -> steps t-To+1 .. t         (To frames)
+    "action":  range(-(To-1), H-(To-1))   -> steps t-To+1 .. t+H-To    (H steps)
+
+``key_offsets={"image": [-1, 0, 4, 8]}`` gives the image at t-1, t, t+4 and t+8 (future
+frames for video prediction). Offsets never change which windows exist: ``len(dataset)``
+and the sample order depend only on horizon/n_obs_steps/pad_before/pad_after.
+
 A sample (numpy; a DataLoader collates to torch)::
 
     {"obs": {"state": float32 [To, S], "image": uint8 [To, 3, H, W]},
      "action": float32 [horizon, A],
-     "task_id": int64 []  (multi-task stores only)}
+     "pad_mask": {"state": bool [To], "image": bool [To], "action": bool [horizon]},
+     "task_id": int64 []  (multi-task stores only; the episode's id at step t)}
 
-Observations are the first ``n_obs_steps`` steps of the window; the actions a policy
-executes are ``action[To-1 : To-1+n_action_steps]``.
+(each time axis is ``len(key_offsets[name])`` long). ``pad_mask[name][k]`` is True when
+step ``t + offset[k]`` lies inside the sample's episode, i.e. the value is real data; it
+is False when that step fell outside the episode and the value is a repeat of the
+episode's first or last frame (edge padding). Use it to keep padded future frames out of
+a loss.
+
+``obs_keys`` maps a batch obs name to a store key, or to a list of store keys:
+
+- low-dim arrays are concatenated on the last axis in list order (a 1-D store array
+  counts as one feature): ``{"state": ["agent_pos", "object"]}`` -> ``[T, D1 + D2]``;
+- images (uint8 ``[N, H, W, C]`` store arrays) are stacked on a camera axis V:
+  ``{"image": ["front", "wrist"]}`` -> ``uint8 [T, V, C, H, W]``; cameras must share H, W, C.
+
+A plain string key keeps the single-array shapes above. With the defaults, observations
+are the first ``n_obs_steps`` steps of the window and the actions a policy executes are
+``action[To-1 : To-1+n_action_steps]``.
 """
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,6 +58,7 @@ from dp.data.validate import validate
 # obs name in a batch -> key in the store (diffusion_policy stores images as "img").
 DEFAULT_OBS_KEYS = {"state": "state"}
 IMAGE_OBS = "image"
+ACTION = "action"
 
 
 def episode_split(n_episodes: int, val_ratio: float, seed: int, max_train_episodes: int | None = None):
@@ -76,6 +104,49 @@ def window_index(episode_ends: np.ndarray, episode_mask: np.ndarray, horizon: in
     return starts[ep] + first + offsets, starts[ep], ends[ep]
 
 
+def _check_obs_keys(obs_keys) -> dict[str, str | list[str]]:
+    """obs name -> a store key or a non-empty list of store keys (lists are copied)."""
+    if not isinstance(obs_keys, Mapping):
+        raise DatasetError(
+            f"obs_keys must map batch obs names to store keys, got {type(obs_keys).__name__}; "
+            'e.g. {"state": "state", "image": "img"} or {"state": ["agent_pos", "object"]}.'
+        )
+    out = {}
+    for name, key in obs_keys.items():
+        if name == ACTION:
+            raise DatasetError(
+                f"obs_keys has an obs named '{ACTION}', which clashes with the action in a sample "
+                "(and in key_offsets / pad_mask); rename that observation."
+            )
+        if isinstance(key, str):
+            out[name] = key
+        elif isinstance(key, Sequence) and len(key) > 0 and all(isinstance(k, str) for k in key):
+            out[name] = list(key)
+        else:
+            raise DatasetError(
+                f"obs_keys['{name}'] must be a store key or a non-empty list of store keys, got {key!r}; "
+                'e.g. "img", or ["agent_pos", "object"] to concatenate low-dim arrays / stack cameras.'
+            )
+    return out
+
+
+def _check_offsets(name: str, offsets) -> tuple[int, ...]:
+    what = f"key_offsets['{name}']"
+    fix = "Give strictly increasing integer steps relative to the current step t, e.g. [-1, 0, 4, 8]."
+    if isinstance(offsets, (str, bytes)) or not isinstance(offsets, (Sequence, np.ndarray)):
+        raise DatasetError(f"{what} must be a sequence of integers, got {offsets!r}. {fix}")
+    values = list(offsets.tolist() if isinstance(offsets, np.ndarray) else offsets)
+    if not values:
+        raise DatasetError(f"{what} is empty: a sample needs at least one step. {fix}")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+    if bad:
+        raise DatasetError(f"{what} must hold integers, found {bad!r} in {values!r}. {fix}")
+    values = [int(v) for v in values]
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise DatasetError(f"{what} must be strictly increasing (no repeats), got {values}. {fix}")
+    return tuple(values)
+
+
 class SequenceDataset(torch.utils.data.Dataset):
     """Training windows over a zarr store or a ReplayBuffer (see the module docstring).
 
@@ -84,9 +155,16 @@ class SequenceDataset(torch.utils.data.Dataset):
         horizon: H, window length (actions predicted per chunk).
         n_obs_steps: To, observation frames per sample.
         n_action_steps: Ta, actions executed per chunk (sets the default end padding).
-        obs_keys: batch obs name -> store key, e.g. {"state": "state", "image": "img"}.
+        obs_keys: batch obs name -> store key, or list of store keys (low-dim: concatenated
+            on the last axis; images: stacked as cameras), e.g. {"state": "state", "image": "img"}.
+        key_offsets: batch name ("action" or an obs name) -> strictly increasing time offsets
+            relative to the current step t (the last observation's step). A name left out
+            (or None) gets the default window: obs ``range(-(To-1), 1)``, action
+            ``range(-(To-1), H-(To-1))``.
         val_ratio, seed, max_train_episodes: the episode split (see ``episode_split``).
         split: "train" or "val".
+
+    After construction ``key_offsets`` holds the resolved offsets of every name (tuples).
     """
 
     def __init__(
@@ -95,7 +173,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         horizon: int = 16,
         n_obs_steps: int = 2,
         n_action_steps: int = 8,
-        obs_keys: Mapping[str, str] | None = None,
+        obs_keys: Mapping[str, str | Sequence[str]] | None = None,
         action_key: str = "action",
         pad_before: int | None = None,
         pad_after: int | None = None,
@@ -103,6 +181,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         seed: int = 42,
         max_train_episodes: int | None = None,
         split: str = "train",
+        key_offsets: Mapping[str, Sequence[int]] | None = None,
     ):
         if split not in ("train", "val"):
             raise DatasetError(f"split must be 'train' or 'val', got {split!r}.")
@@ -113,9 +192,10 @@ class SequenceDataset(torch.utils.data.Dataset):
                 f"n_action_steps must be in [1, horizon - n_obs_steps + 1 = {horizon - n_obs_steps + 1}], "
                 f"got {n_action_steps}: executed actions are action[To-1 : To-1+Ta]."
             )
-        self.obs_keys = dict(DEFAULT_OBS_KEYS if obs_keys is None else obs_keys)
+        self.obs_keys = _check_obs_keys(DEFAULT_OBS_KEYS if obs_keys is None else obs_keys)
         self.action_key = action_key
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.key_offsets = self._resolve_offsets(key_offsets)
         self.pad_before = n_obs_steps - 1 if pad_before is None else pad_before
         self.pad_after = n_action_steps - 1 if pad_after is None else pad_after
         self.val_ratio, self.seed, self.max_train_episodes = val_ratio, seed, max_train_episodes
@@ -125,7 +205,8 @@ class SequenceDataset(torch.utils.data.Dataset):
             buffer = source
         else:
             buffer = ReplayBuffer.open(source)
-        needed = [action_key, *self.obs_keys.values()]
+        store_keys = list(dict.fromkeys(k for key in self.obs_keys.values() for k in self._as_list(key)))
+        needed = [action_key, *store_keys]
         missing = [k for k in needed if k not in buffer]
         if missing:
             raise DatasetError(
@@ -148,7 +229,75 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.start, self.ep_start, self.ep_end = window_index(
             self.buffer.episode_ends, self.episode_mask, horizon, self.pad_before, self.pad_after
         )
-        self._image_keys = {name for name, key in self.obs_keys.items() if self.buffer.data[key].ndim == 4}
+        self._image_keys = self._check_store_shapes()
+        # names that share offsets share one time index: (offsets, int64 array, contiguous, names)
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for name, offs in self.key_offsets.items():
+            groups.setdefault(offs, []).append(name)
+        self._offset_groups = [
+            (offs, np.asarray(offs, dtype=np.int64), offs[-1] - offs[0] + 1 == len(offs), names,
+             np.ones(len(offs), dtype=bool))  # copied as the mask of an unpadded sample
+            for offs, names in groups.items()
+        ]
+
+    # -------------------------------------------------------------- setup
+    @staticmethod
+    def _as_list(key: str | list[str]) -> list[str]:
+        return [key] if isinstance(key, str) else key
+
+    def _resolve_offsets(self, key_offsets) -> dict[str, tuple[int, ...]]:
+        To, H = self.n_obs_steps, self.horizon
+        out = {name: tuple(range(-(To - 1), 1)) for name in self.obs_keys}
+        out[ACTION] = tuple(range(-(To - 1), H - (To - 1)))
+        if key_offsets is None:
+            return out
+        if not isinstance(key_offsets, Mapping):
+            raise DatasetError(
+                f"key_offsets must map batch names to time offsets, got {type(key_offsets).__name__}; "
+                'e.g. {"image": [-1, 0, 4, 8]}.'
+            )
+        unknown = [name for name in key_offsets if name not in out]
+        if unknown:
+            raise DatasetError(
+                f"key_offsets names {unknown}, which are not in this dataset's batch; expected "
+                f"'{ACTION}' or an obs name from obs_keys {sorted(self.obs_keys)}. Add the obs to obs_keys "
+                "or fix the name."
+            )
+        for name, offsets in key_offsets.items():
+            out[name] = _check_offsets(name, offsets)
+        return out
+
+    def _check_store_shapes(self) -> set[str]:
+        """Names whose store arrays are images; checks that a list of keys can be combined."""
+        data = self.buffer.data
+        images = set()
+        for name, key in self.obs_keys.items():
+            keys = self._as_list(key)
+            is_image = [data[k].ndim == 4 for k in keys]
+            shapes = {k: tuple(data[k].shape[1:]) for k in keys}
+            if all(is_image):
+                images.add(name)
+                dtypes = {k: str(data[k].dtype) for k in keys}
+                if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
+                    raise DatasetError(
+                        f"obs_keys['{name}'] stacks cameras {keys} with different frames: per-step shapes "
+                        f"(H, W, C) {shapes}, dtypes {dtypes}. Cameras stacked as one obs must share H, W, C "
+                        "and dtype; resize them when collecting or give each camera its own obs name."
+                    )
+            elif any(is_image):
+                raise DatasetError(
+                    f"obs_keys['{name}'] mixes images and low-dim arrays: {keys} have per-step shapes {shapes}. "
+                    "A list of keys must be all cameras ([H, W, C]) or all low-dim; split them into two obs names."
+                )
+            elif not isinstance(key, str):
+                lead = {k: s[:-1] for k, s in shapes.items()}  # 1-D arrays count as [1]: lead ()
+                if len(set(lead.values())) > 1:
+                    raise DatasetError(
+                        f"obs_keys['{name}'] concatenates {keys} on the last axis, but their per-step shapes "
+                        f"{shapes} differ before it. Concatenate only arrays of shape [D] (or matching leading "
+                        "axes), or give them separate obs names."
+                    )
+        return images
 
     def get_validation_dataset(self) -> "SequenceDataset":
         """The held-out episodes, with the same windows and split seed."""
@@ -164,44 +313,102 @@ class SequenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.start)
 
-    def _time_index(self, idx: np.ndarray, length: int) -> np.ndarray:
-        """[B, length] absolute step indices, clipped into each window's episode (= edge padding)."""
-        t = self.start[idx, None] + np.arange(length)
-        return np.clip(t, self.ep_start[idx, None], self.ep_end[idx, None] - 1)
+    def sample_shapes(self) -> dict:
+        """Per-step shapes of a sample: ``{"obs": {name: shape}, "action": shape}`` and the
+        time length of each name, ``{"steps": {name: T_name}}``. Images are channels first
+        (``[C, H, W]``, or ``[V, C, H, W]`` for a list of cameras)."""
+        data = self.buffer.data
+        obs = {}
+        for name, key in self.obs_keys.items():
+            keys = self._as_list(key)
+            if name in self._image_keys:
+                h, w, c = data[keys[0]].shape[1:]
+                obs[name] = [c, h, w] if isinstance(key, str) else [len(keys), c, h, w]
+            elif isinstance(key, str):
+                obs[name] = list(data[key].shape[1:])
+            else:
+                shapes = [tuple(data[k].shape[1:]) or (1,) for k in keys]
+                obs[name] = [*shapes[0][:-1], sum(s[-1] for s in shapes)]
+        return {
+            "obs": obs,
+            "action": list(data[self.action_key].shape[1:]),
+            "steps": {name: len(offs) for name, offs in self.key_offsets.items()},
+        }
+
+    # -------------------------------------------------------------- gathering
+    def _gather_obs(self, name: str, t):
+        """Obs ``name`` at time index ``t`` (int array of any shape, or a slice): one fancy-index
+        gather per store key, then concatenate (low-dim) or stack as cameras (images)."""
+        data = self.buffer.data
+        key = self.obs_keys[name]
+        if isinstance(key, str):
+            x = data[key][t]
+            return np.moveaxis(x, -1, -3) if name in self._image_keys else x
+        if name in self._image_keys:
+            out = None
+            for v, k in enumerate(key):
+                x = np.moveaxis(data[k][t], -1, -3)  # [..., H, W, C] -> [..., C, H, W]
+                if out is None:
+                    out = np.empty((*x.shape[:-3], len(key), *x.shape[-3:]), dtype=x.dtype)
+                out[..., v, :, :, :] = x
+            return out
+        parts = []
+        for k in key:
+            x = data[k][t]
+            parts.append(x[..., None] if data[k].ndim == 1 else x)
+        return np.concatenate(parts, axis=-1)
 
     def get_batch(self, idx) -> dict:
         """Windows ``idx`` (int array [B]) gathered at once: the same dict as items, batched."""
         idx = np.asarray(idx, dtype=np.int64)
         data = self.buffer.data
-        t_obs = self._time_index(idx, self.n_obs_steps)
-        obs = {}
-        for name, key in self.obs_keys.items():
-            x = data[key][t_obs]
-            if name in self._image_keys:
-                x = np.moveaxis(x, -1, -3)  # [B, To, H, W, C] -> [B, To, C, H, W]
-            obs[name] = x
-        out = {"obs": obs, "action": data[self.action_key][self._time_index(idx, self.horizon)].astype(np.float32)}
-        for key in self.extra_keys:
-            out[key] = data[key][t_obs[:, -1]].astype(np.int64)
+        t_now = self.start[idx] + (self.n_obs_steps - 1)
+        lo, hi = self.ep_start[idx], self.ep_end[idx] - 1
+        index, pad_mask = {}, {}
+        for _, offs, _, names, _ in self._offset_groups:
+            raw = t_now[:, None] + offs  # [B, T]: current step + offsets
+            t = np.clip(raw, lo[:, None], hi[:, None])  # out-of-episode steps repeat the edge frame
+            mask = t == raw
+            for k, name in enumerate(names):
+                index[name] = t
+                pad_mask[name] = mask if k == 0 else mask.copy()  # no aliasing between names
+        out = {
+            "obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys},
+            "action": data[self.action_key][index[ACTION]].astype(np.float32),
+            "pad_mask": pad_mask,
+        }
+        if self.extra_keys:
+            t_id = np.clip(t_now, lo, hi)
+            for key in self.extra_keys:
+                out[key] = data[key][t_id].astype(np.int64)
         return out
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self):
             raise IndexError(f"window {i} out of range [0, {len(self)}).")
-        s, lo, hi = int(self.start[i]), int(self.ep_start[i]), int(self.ep_end[i]) - 1
-        if lo <= s and s + self.horizon - 1 <= hi:  # no padding: plain slices (views)
-            t_obs, t_act = slice(s, s + self.n_obs_steps), slice(s, s + self.horizon)
-        else:
-            t_act = np.clip(np.arange(s, s + self.horizon), lo, hi)
-            t_obs = t_act[: self.n_obs_steps]
+        t_now = int(self.start[i]) + self.n_obs_steps - 1
+        lo, hi = int(self.ep_start[i]), int(self.ep_end[i]) - 1
+        index, pad_mask = {}, {}
+        for offs, arr, contiguous, names, ones in self._offset_groups:
+            first, last = t_now + offs[0], t_now + offs[-1]
+            if lo <= first and last <= hi:  # no padding
+                t = slice(first, last + 1) if contiguous else t_now + arr  # a slice gives views
+                mask = ones
+            else:
+                raw = t_now + arr
+                t = np.clip(raw, lo, hi)
+                mask = t == raw
+            for name in names:
+                index[name] = t
+                pad_mask[name] = mask.copy()  # each name its own array (ones is shared state)
         data = self.buffer.data
-        obs = {}
-        for name, key in self.obs_keys.items():
-            x = data[key][t_obs]
-            obs[name] = np.moveaxis(x, -1, -3) if name in self._image_keys else x
-        out = {"obs": obs, "action": np.asarray(data[self.action_key][t_act], dtype=np.float32)}
+        out = {
+            "obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys},
+            "action": np.asarray(data[self.action_key][index[ACTION]], dtype=np.float32),
+            "pad_mask": pad_mask,
+        }
         for key in self.extra_keys:
-            out[key] = np.int64(data[key][min(max(s + self.n_obs_steps - 1, lo), hi)])
+            out[key] = np.int64(data[key][min(max(t_now, lo), hi)])
         return out
 
     def __getitems__(self, indices: list[int]) -> dict:
@@ -209,14 +416,15 @@ class SequenceDataset(torch.utils.data.Dataset):
         return self.get_batch(np.asarray(indices))
 
     def fit_normalizer(self, mode: str = "limits") -> Normalizer:
-        """Normalizer fitted on this split's episodes for the action and low-dim obs keys."""
+        """Normalizer fitted on this split's episodes for the action and low-dim obs names
+        (a list of low-dim store keys is fitted on its concatenation, as batches hold it)."""
         steps = np.concatenate(
             [np.arange(s, e) for s, e, m in zip(self._episode_starts(), self.buffer.episode_ends, self.episode_mask) if m]
         )
         arrays = {"action": self.buffer.data[self.action_key][steps]}
-        for name, key in self.obs_keys.items():
+        for name in self.obs_keys:
             if name not in self._image_keys:
-                arrays[name] = self.buffer.data[key][steps]
+                arrays[name] = self._gather_obs(name, steps)
         return Normalizer.fit(arrays, mode=mode)
 
     def _episode_starts(self) -> np.ndarray:
@@ -225,7 +433,18 @@ class SequenceDataset(torch.utils.data.Dataset):
 
 
 def collate_batch(batch):
-    """DataLoader collate_fn for ``__getitems__`` output: numpy tree -> torch tree."""
+    """DataLoader collate_fn: numpy tree -> torch tree.
+
+    Takes ``__getitems__``/``get_batch`` output (already batched), or a list of items from
+    ``__getitem__`` (stacked on a new batch axis). ``pad_mask`` arrays become torch.bool [B, T]."""
+    if isinstance(batch, (list, tuple)):
+        return collate_batch(_stack_items(batch))
     if isinstance(batch, dict):
         return {k: collate_batch(v) for k, v in batch.items()}
     return torch.from_numpy(np.ascontiguousarray(batch))
+
+
+def _stack_items(items):
+    if isinstance(items[0], dict):
+        return {k: _stack_items([item[k] for item in items]) for k in items[0]}
+    return np.stack([np.asarray(x) for x in items])

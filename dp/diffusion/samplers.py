@@ -175,22 +175,8 @@ class Heun(Euler):
 SAMPLERS = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP, Euler, Heun)}
 
 
-POLICY_SAMPLERS = ("streaming", "truncated")  # need the policy (its buffer, its anchors); built here
-
-
-def make_sampler(name: str, steps: int = 10, **options):
-    """A sampler by name. ``options`` go to samplers that take them (streaming: ``base``;
-    truncated: ``level``, ``fallback_score``, ``fallback``, ``fallback_steps``)."""
-    if name == "streaming":
-        from dp.diffusion.streaming import StreamingSampler
-
-        return StreamingSampler(steps, **options)
-    if name == "truncated":
-        from dp.diffusion.truncated import TruncatedSampler
-
-        return TruncatedSampler(steps, **options)
+def gaussian_sampler(name: str, steps: int = 10) -> Sampler:
+    """One of ``SAMPLERS`` by name, no options (dp.diffusion.factory.make_sampler builds every sampler)."""
     if name not in SAMPLERS:
-        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS) + list(POLICY_SAMPLERS)}, got {name!r}.")
-    if options:
-        raise ConfigError(f"sampler {name!r} takes no options besides steps; got {sorted(options)}.")
+        raise ConfigError(f"sampler must be one of {sorted(SAMPLERS)}, got {name!r}.")
     return SAMPLERS[name](steps)

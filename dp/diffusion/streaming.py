@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from dp.diffusion.process import GaussianProcess
-from dp.diffusion.samplers import Denoise, make_sampler
+from dp.diffusion.samplers import Denoise, gaussian_sampler
 from dp.errors import ConfigError
 
 
@@ -89,7 +89,7 @@ class StreamingSampler:
         if steps < 1:
             raise ConfigError(f"streaming: steps must be >= 1, got {steps}.")
         self.steps = int(steps)
-        self.base = make_sampler(base, 1)
+        self.base = gaussian_sampler(base, 1)
         self.buffer: torch.Tensor | None = None  # [B, H, A], normalized units
         self.levels: torch.Tensor | None = None  # [B, H], the buffer's levels at the start of a call
 

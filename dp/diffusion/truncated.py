@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dp.diffusion.samplers import gaussian_sampler
 from dp.errors import ConfigError
 
 
@@ -84,11 +85,9 @@ class TruncatedSampler:
             raise ConfigError(f"truncated: level must be in (0, 1], got {level}.")
         if not 0 <= fallback_score <= 1:
             raise ConfigError(f"truncated: fallback_score must be in [0, 1], got {fallback_score}.")
-        from dp.diffusion.samplers import make_sampler
-
         self.steps, self.level, self.fallback_score = int(steps), float(level), float(fallback_score)
-        self.base = make_sampler("ddim", 1)
-        self.fallback = make_sampler(fallback, fallback_steps)
+        self.base = gaussian_sampler("ddim", 1)
+        self.fallback = gaussian_sampler(fallback, fallback_steps)
         self.fallbacks = 0  # rows sampled in full since construction (reported by evaluations)
         self.rows = 0
 

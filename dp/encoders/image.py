@@ -88,3 +88,20 @@ class ImageEncoder(nn.Module):
         x = images.float() / 127.5 - 1.0  # uint8 range -> [-1, 1]
         x = crop(x, self.crop_size, self.training)
         return self.out(self.pool(self.layers(self.stem(x))))
+
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The trunk alone, before the spatial softmax: [B, 3, H, W] uint8 or float in [0, 255]
+        -> [B, C, h, w] (see ``feature_shape``). Crops as ``forward`` does."""
+        x = images.float() / 127.5 - 1.0
+        x = crop(x, self.crop_size, self.training)
+        return self.layers(self.stem(x))
+
+    def feature_shape(self) -> tuple[int, int]:
+        """(C, h) of ``feature_map``'s output for this crop size (h = w: crops are square).
+        Each stride-2 op (stem conv, max-pool, first block of every stage after the first)
+        maps a side n to ceil(n / 2)."""
+        channels = self.layers[-1].conv2.out_channels if len(self.layers) else self.stem[0].out_channels
+        side = self.crop_size
+        for _ in range(2 + max(0, len(self.layers) // 2 - 1)):
+            side = (side + 1) // 2
+        return channels, side

@@ -17,6 +17,9 @@ Two kinds, chosen by ``language.encoder`` in the policy config:
   a missing directory is an error that says what to put there. The frozen model's
   weights stay in that directory, not in the policy checkpoint; its encodings are cached
   per instruction string.
+
+Both also give one token per word / sub-word, for cross-attention:
+``enc.tokens(texts) -> (x [B, L, W], mask [B, L])`` (see ``dp.encoders.tokens.WordTokens``).
 """
 from __future__ import annotations
 
@@ -35,6 +38,13 @@ PAD, UNK = 0, 1
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def pad_tokens(seqs: list[torch.Tensor], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences [L_i, W] -> (x [B, max L_i, W] zero-padded at the tail, mask [B, L] bool, True = real)."""
+    x = nn.utils.rnn.pad_sequence(seqs, batch_first=True).to(device)
+    lengths = torch.tensor([len(t) for t in seqs], device=x.device)
+    return x, torch.arange(x.shape[1], device=x.device) < lengths[:, None]
 
 
 class WordTokenizer:
@@ -96,6 +106,22 @@ class BuiltinTextEncoder(nn.Module):
         h = (h * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp_min(1)
         return self.norm(h)
 
+    @property
+    def token_dim(self) -> int:
+        return self.pos.shape[-1]
+
+    def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per word: texts -> (x [B, L, D], mask [B, L] bool, True = a word).
+
+        L is the batch's longest instruction (at most the vocabulary's ``max_len``; an empty
+        one is one ``<unk>``). Padding is masked out of attention and zeroed, so a word's state
+        does not depend on the other instructions in the batch. Not cached."""
+        ids, valid = self.tokenizer(texts, device=self.pos.device)
+        h = self.embed(ids) + self.pos[:, : ids.shape[1]]
+        if self.encoder is not None:
+            h = self.encoder(h, src_key_padding_mask=~valid)
+        return self.norm(h) * valid[..., None], valid
+
 
 class PretrainedTextEncoder(nn.Module):
     """A frozen local Hugging Face text model + a trained projection: texts -> [B, D]."""
@@ -130,6 +156,7 @@ class PretrainedTextEncoder(nn.Module):
         width = getattr(model.config, "projection_dim", None) if hasattr(model, "get_text_features") else None
         self.proj = nn.Linear(width or model.config.hidden_size, dim)
         self._cache: dict[str, torch.Tensor] = {}
+        self._token_cache: dict[str, torch.Tensor] = {}  # text -> [L, token_dim]
 
     @torch.no_grad()
     def _features(self, text: str) -> torch.Tensor:
@@ -151,6 +178,31 @@ class PretrainedTextEncoder(nn.Module):
     def forward(self, texts: list[str]) -> torch.Tensor:
         feats = torch.stack([self._features(t) for t in texts]).to(self.proj.weight.device)
         return self.proj(feats)
+
+    @property
+    def token_dim(self) -> int:
+        """Width of ``tokens``: the text model's hidden size (not ``proj``'s input for CLIP)."""
+        config = self._frozen[1].config
+        return getattr(config, "text_config", config).hidden_size
+
+    @torch.no_grad()
+    def tokens(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per sub-word, the frozen model's last hidden states, not projected:
+        texts -> (x [B, L, token_dim], mask [B, L] bool, True = a real token).
+
+        Texts not seen before are encoded in one padded batch; the tokenizer's attention
+        mask drops their padding and each text's states are cached. The batch is then
+        zero-padded at the tail to its longest text, so padding never leaks into a text's
+        states."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self._token_cache]
+        if missing:
+            tokenizer, model = self._frozen
+            batch = tokenizer(missing, return_tensors="pt", padding=True)
+            text_model = getattr(model, "text_model", model)  # a full CLIPModel: its text tower
+            hidden = text_model(**batch).last_hidden_state.float()
+            real = batch["attention_mask"].bool()
+            self._token_cache.update((t, h[m]) for t, h, m in zip(missing, hidden, real))
+        return pad_tokens([self._token_cache[t] for t in texts], device=self.proj.weight.device)
 
 
 def make_language_encoder(cfg: dict, instructions: list[str], dim: int) -> nn.Module:

@@ -9,7 +9,8 @@ import torch
 from dp.errors import ConfigError
 from dp.eval.plots import latency_histogram
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
-from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
+from dp.checkpoint import checkpoint_tasks, load_config, resolve
+from dp.policies.registry import load_policy
 
 
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
@@ -30,7 +31,7 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
     tasks, env_options = checkpoint_tasks(cfg)
     seeds = eval_seeds(n_episodes)
     if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
-        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.collect.EVAL_SEED_BASE")
+        raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.constants.EVAL_SEED_BASE")
     results = [
         run_episodes(policy, task, seeds, env_options, n_envs=n_envs, max_steps=max_steps, n_videos=n_videos,
                      video_dir=out / "videos", progress=progress)

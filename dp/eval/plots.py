@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,7 +17,7 @@ def _plt():
 
 def training_curve(history: dict, path: str | Path, title: str = "") -> Path:
     """history: {"step": [...], "loss": [...], "val_step", "val_loss", "eval_step", "eval_success"}."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, loss = np.asarray(history.get("step", [])), np.asarray(history.get("loss", []))
     if len(loss):
@@ -48,7 +48,7 @@ def training_curve(history: dict, path: str | Path, title: str = "") -> Path:
 
 
 def latency_histogram(latencies_ms, path: str | Path, title: str = "", deadline_ms: float | None = None) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     lat = np.asarray(latencies_ms)
     ax.hist(lat, bins=50, color="C0")

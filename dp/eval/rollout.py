@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dp.collect import EVAL_SEED_BASE
+from dp.constants import EVAL_SEED_BASE
 from dp.eval.metrics import percentiles, wilson_interval
 
 
@@ -33,7 +33,7 @@ def eval_seeds(n: int, avoid: set[int] | None = None, base: int = EVAL_SEED_BASE
     return seeds
 
 
-def _stack_obs(histories: list[deque], keys: list[str]) -> dict[str, np.ndarray]:
+def stack_obs(histories: list[deque], keys: list[str]) -> dict[str, np.ndarray]:
     """Per-env deques of obs dicts -> {key: [B, To, ...]}; images HWC -> CHW."""
     out = {}
     for k in keys:
@@ -83,7 +83,7 @@ def run_episodes(
             # every env keeps its batch row for the whole episode (finished ones included, their
             # actions unused): a policy may hold per-row state such as its episode noise
             live = [i for i, d in enumerate(done) if not d]
-            obs = _stack_obs(hist, obs_keys)
+            obs = stack_obs(hist, obs_keys)
             obs = {k: torch.from_numpy(v) for k, v in obs.items()}
             obs["instruction"] = [instruction] * len(hist)
             t0 = time.perf_counter()

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dp.bench.common import sync, write_result
+from dp.results import sync, write_result
 from dp.errors import ConfigError
 from dp.eval.evaluate import evaluate_checkpoint
-from dp.eval.rollout import _stack_obs
-from dp.train.checkpoint import checkpoint_tasks, load_config, load_policy, resolve
+from dp.eval.rollout import stack_obs
+from dp.checkpoint import checkpoint_tasks, load_config, resolve
+from dp.policies.registry import load_policy
 
 
 def parse_spec(spec: str) -> dict:
@@ -46,7 +47,7 @@ def real_obs(policy, task: str, env_options: dict, seed: int = 10**9) -> dict:
     env = envs.make(task, **env_options)
     obs, _ = env.reset(seed=seed)
     keys = policy.obs_encoder.keys
-    batch = {k: torch.from_numpy(v) for k, v in _stack_obs([deque([obs] * policy.n_obs_steps)], keys).items()}
+    batch = {k: torch.from_numpy(v) for k, v in stack_obs([deque([obs] * policy.n_obs_steps)], keys).items()}
     batch["instruction"] = [getattr(env.unwrapped, "instruction", "")]
     env.close()
     return batch

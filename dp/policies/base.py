@@ -95,8 +95,8 @@ class Policy(nn.Module):
     # -------------------------------------------------------------- checkpoints
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, ema: bool = True, device: str | torch.device = "cpu") -> "Policy":
-        """Rebuild a policy from a checkpoint directory (see dp.train.checkpoint)."""
-        from dp.train.checkpoint import load_policy
+        """Rebuild a policy from a checkpoint directory (see dp.checkpoint and dp.policies.registry)."""
+        from dp.policies.registry import load_policy
 
         return load_policy(Path(path), ema=ema, device=device)
 

@@ -17,8 +17,7 @@ from dp.core import ActionHead, ActionTokenizer, ConditionCache, DiT
 from dp.core.dit import PREFIX_STEP, dense_ffn, swiglu_ffn
 from dp.core.moe import NoiseRoutedMoE, moe_ffn
 from dp.core.weights import weights_key
-from dp.diffusion import GaussianProcess, make_sampler
-from dp.diffusion.samplers import POLICY_SAMPLERS
+from dp.diffusion import POLICY_SAMPLERS, GaussianProcess, make_sampler
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys

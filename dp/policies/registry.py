@@ -10,12 +10,16 @@ importable ``_target_`` (``torch.load``, ``numpy.load``, ``builtins.open``, ...)
   them), and no nested key may start with ``_`` (no nested ``_target_``, ``_partial_``, ...).
 
     policy = build_policy({"_target_": "dp.policies.dit.DiTPolicy", "shape_meta": {...}, "depth": 4})
+    policy = load_policy("runs/mw_push")          # a checkpoint (dp.checkpoint), verified first
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
 
+from dp.checkpoint import CheckpointError, load_config, load_tensors, resolve, verify
+from dp.data.normalizer import Normalizer
 from dp.errors import ConfigError
 
 # dotted path (what configs carry as _target_) -> the module that defines it
@@ -92,3 +96,31 @@ def build_policy(config: dict, where: str = "policy"):
     for k, v in kwargs.items():
         check_plain_data(v, f"{where}.{k}")
     return cls(**kwargs)
+
+
+def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
+    """Rebuild the policy from config.yaml and load (EMA) weights; normalizer included."""
+    ckpt = resolve(path)
+    verify(ckpt)
+    cfg = load_config(ckpt)
+    if not isinstance(cfg.get("policy"), dict):
+        raise CheckpointError(f"{ckpt}/config.yaml has no policy section; it cannot rebuild the policy.")
+    try:
+        policy = build_policy(cfg["policy"])
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt}/config.yaml refused: {e}") from None
+    weights = ckpt / ("ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "weights.safetensors")
+    state = load_tensors(weights)
+    policy.normalizer = Normalizer.from_state_dict(state, prefix="normalizer.")
+    try:
+        missing, unexpected = policy.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise CheckpointError(f"{weights} does not match the policy its config builds: {'; '.join(lines[:3])}. "
+                              "The weights and config.yaml come from different runs.") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights} does not match the policy its config builds: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
+    policy.checkpoint_path = str(ckpt)
+    return policy.to(device).eval()

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from dp.cli_errors import user_errors_exit
-from dp.collect import CONFIG_DIR
+from dp.constants import CONFIG_DIR
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)

@@ -23,14 +23,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from dp.checkpoint import (
+    LATEST, CheckpointError, has_checkpoints, load_train_state, newest_complete, save_checkpoint,
+)
 from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.data.atomic import GracefulInterrupt
 from dp.errors import ConfigError, UserError
-from dp.train.batches import StepBatches
 from dp.policies.registry import build_policy, policy_class, policy_options
-from dp.train.checkpoint import (
-    LATEST, CheckpointError, has_checkpoints, load_train_state, newest_complete, save_checkpoint,
-)
+from dp.train.batches import StepBatches
 from dp.train.config_checks import check_train_config
 from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from dp.train.ema import EMA

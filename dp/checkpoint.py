@@ -12,10 +12,11 @@ A save goes to ``.step_XXXXXXXX.tmp-<pid>``, every file and the directory are fs
 it is renamed into place when complete: a crash or power loss never leaves a half-written
 checkpoint under a real name. Temp directories of killed writers are removed by the next save.
 
-Loading treats the checkpoint as untrusted (it may have been downloaded): the policy is
-built through ``dp.policies.registry.build_policy`` (registered classes and plain data only,
-never ``hydra.utils.instantiate``), weights come from safetensors, the training state from
-``torch.load(weights_only=True)``, and weights that are not finite are refused.
+Loading treats the checkpoint as untrusted (it may have been downloaded): files are checked
+against meta.json (``verify``), weights come from safetensors (``load_tensors`` refuses
+non-finite ones), the training state from ``torch.load(weights_only=True)``, and the policy is
+built by ``dp.policies.registry.load_policy`` (registered classes and plain data only, never
+``hydra.utils.instantiate``). This module sits below policies and train: it knows files, not models.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from safetensors.torch import load_file, save_file
 
 import dp
 from dp.data.atomic import fsync_dir, fsync_tree, remove_stale_tmp
-from dp.errors import ConfigError, UserError
+from dp.errors import UserError
 
 FORMAT_VERSION = 2  # 2: meta.json lists every file's size and sha256 (format 1 checkpoints still load)
 LATEST = "latest"
@@ -204,7 +205,8 @@ def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
     return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs.get("env_options") or {})
 
 
-def _load_tensors(path: Path) -> dict:
+def load_tensors(path: Path) -> dict:
+    """A safetensors file's tensors; CheckpointError when unreadable or not finite."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -217,41 +219,10 @@ def _load_tensors(path: Path) -> dict:
     return state
 
 
-def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
-    """Rebuild the policy from config.yaml and load (EMA) weights; normalizer included."""
-    from dp.data.normalizer import Normalizer
-    from dp.policies.registry import build_policy
-
-    ckpt = resolve(path)
-    verify(ckpt)
-    cfg = load_config(ckpt)
-    if not isinstance(cfg.get("policy"), dict):
-        raise CheckpointError(f"{ckpt}/config.yaml has no policy section; it cannot rebuild the policy.")
-    try:
-        policy = build_policy(cfg["policy"])
-    except ConfigError as e:
-        raise CheckpointError(f"{ckpt}/config.yaml refused: {e}") from None
-    weights = ckpt / ("ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "weights.safetensors")
-    state = _load_tensors(weights)
-    policy.normalizer = Normalizer.from_state_dict(state, prefix="normalizer.")
-    try:
-        missing, unexpected = policy.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # size mismatches
-        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        raise CheckpointError(f"{weights} does not match the policy its config builds: {'; '.join(lines[:3])}. "
-                              "The weights and config.yaml come from different runs.") from None
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights} does not match the policy its config builds: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    policy.checkpoint_path = str(ckpt)
-    return policy.to(device).eval()
-
-
 def load_train_state(path: Path) -> tuple[dict, dict, dict]:
     """(weights, ema weights or None, train_state) of a checkpoint, for resuming."""
     ckpt = resolve(path)
-    weights = _load_tensors(ckpt / "weights.safetensors")
-    ema = _load_tensors(ckpt / "ema.safetensors") if (ckpt / "ema.safetensors").exists() else None
+    weights = load_tensors(ckpt / "weights.safetensors")
+    ema = load_tensors(ckpt / "ema.safetensors") if (ckpt / "ema.safetensors").exists() else None
     state = torch.load(ckpt / "train_state.pt", weights_only=True)
     return weights, ema, state

@@ -1,4 +1,4 @@
-"""Machine facts, timing and result writing shared by every benchmark."""
+"""Machine facts, timing and result writing: what every benchmark and measured report shares."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS_DIR = Path(os.environ.get("DP_BENCH_RESULTS", Path(__file__).resolve().parents[2] / "bench" / "results"))
+RESULTS_DIR = Path(os.environ.get("DP_BENCH_RESULTS", Path(__file__).resolve().parents[1] / "bench" / "results"))
 
 
 def machine_info(device: str = "cpu") -> dict:
