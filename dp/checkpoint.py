@@ -35,7 +35,9 @@ import dp
 from dp.data.atomic import fsync_dir, fsync_tree, remove_stale_tmp
 from dp.errors import UserError
 
-FORMAT_VERSION = 2  # 2: meta.json lists every file's size and sha256 (format 1 checkpoints still load)
+# 1: first; 2: meta.json lists every file's size and sha256; 3: policies are compositions (codec.*,
+# plugins.* state names). Older formats load: DenoisingPolicy renames their state keys. Newer ones are refused.
+FORMAT_VERSION = 3
 LATEST = "latest"
 REQUIRED = ("weights.safetensors", "config.yaml", "train_state.pt", "meta.json")
 
@@ -115,6 +117,9 @@ def problems_of(ckpt: Path, checksums: bool = True) -> list[str]:
         listed = meta.get("files", {}) if meta.get("format", 1) >= 2 else {}
     except (ValueError, AttributeError) as e:
         return [f"meta.json is unreadable ({e})"]
+    if meta.get("format", 1) > FORMAT_VERSION:
+        return [f"format {meta['format']} was written by a newer dp (this one reads up to {FORMAT_VERSION}); "
+                "upgrade dp to load it"]
     problems = []
     for name, want in listed.items():
         path = ckpt / name

@@ -79,7 +79,7 @@ def test_expert_bank_rejects_an_order_that_is_not_a_permutation():
 def test_cached_calls_share_one_bank_per_layer():
     policy = _mode()
     _predict(policy, _obs())
-    for f in policy._routed_ffns():
+    for f in policy.routes.ffns():
         calls = [part for c in f.step_cache.values() for part in (c.parts if isinstance(c, ExpertSum) else [c])]
         banks = {fused.w_in.untyped_storage().data_ptr() for fused in calls}
         assert len(banks) == 1  # every call's weights are views of one bank
@@ -90,12 +90,12 @@ def test_cached_experts_equal_the_router_path(sampler, steps, shared):
     policy = _mode(shared_expert=shared)
     policy.set_sampler(sampler, steps)
     obs = _obs()
-    policy.expert_cache = False
+    policy.routes.enabled = False
     plain = _predict(policy, obs)
-    assert all(not f.step_cache for f in policy._routed_ffns())
-    policy.expert_cache = True
+    assert all(not f.step_cache for f in policy.routes.ffns())
+    policy.routes.enabled = True
     cached = _predict(policy, obs)
-    ffns = policy._routed_ffns()
+    ffns = policy.routes.ffns()
     assert all(len(f.step_cache) == policy.sampler.network_calls() + 1 for f in ffns)  # + the prefix pass
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=0)
 
@@ -105,20 +105,20 @@ def test_cached_path_runs_no_router_and_rebuilds_when_the_sampler_or_weights_cha
     obs = _obs()
     _predict(policy, obs)  # builds the cache
     routed = {"n": 0}
-    for f in policy._routed_ffns():
+    for f in policy.routes.ffns():
         orig = f.route
         monkeypatch.setattr(f, "route", lambda e, orig=orig: routed.__setitem__("n", routed["n"] + 1) or orig(e))
     _predict(policy, obs)
     assert routed["n"] == 0
     policy.set_sampler("ddim", 3)  # new step count: new levels, new routes
     _predict(policy, obs)
-    assert all(len(f.step_cache) == 4 for f in policy._routed_ffns())
+    assert all(len(f.step_cache) == 4 for f in policy.routes.ffns())
     with torch.no_grad():  # an in-place update (as EMA does) invalidates the fused weights
-        for f in policy._routed_ffns():
+        for f in policy.routes.ffns():
             for e in f.experts:
                 e.down.weight.mul_(1.5)
     cached = _predict(policy, obs)
-    policy.expert_cache = False
+    policy.routes.enabled = False
     torch.testing.assert_close(cached, _predict(policy, obs), atol=1e-5, rtol=0)
 
 
@@ -138,7 +138,7 @@ def test_the_expert_cache_follows_every_weight_change(change):
     else:  # new Parameter objects: the watched list must not hold the old ones
         policy.load_state_dict(other.state_dict(), assign=True)
     cached = _predict(policy, obs)
-    policy.expert_cache = False
+    policy.routes.enabled = False
     torch.testing.assert_close(cached, _predict(policy, obs), atol=1e-5, rtol=0)
 
 
@@ -149,7 +149,7 @@ def test_language_changes_the_prediction_and_is_required():
         torch.nn.init.normal_(policy.language.embed.weight)  # a fresh network barely reads its condition
         for blk in policy.dit.blocks:
             torch.nn.init.normal_(blk.attn.proj.weight, std=0.5)
-        torch.nn.init.normal_(policy.head.proj.weight, std=0.5)
+        torch.nn.init.normal_(policy.codec.head.proj.weight, std=0.5)
     a = _predict(policy, {**obs, "instruction": [INSTRUCTIONS[0]] * 2})
     b = _predict(policy, {**obs, "instruction": [INSTRUCTIONS[1]] * 2})
     assert not torch.allclose(a, b)
@@ -204,14 +204,14 @@ def test_balance_loss_and_router_stats_in_the_loss():
     assert any(k.startswith("router/usage_b") for k in out) and any(k.startswith("router/entropy_b") for k in out)
     torch.testing.assert_close(out["loss"], out["mse"] + 0.01 * out["balance_loss"])
     out["balance_loss"].backward()
-    assert all(f.router.weight.grad.abs().sum() > 0 for f in policy._routed_ffns())
+    assert all(f.router.weight.grad.abs().sum() > 0 for f in policy.routes.ffns())
 
 
 def test_denoiser_active_parameters_are_under_60_percent_at_the_default_shape():
     meta = {"action": [4], "obs": {"state": [39]}, "instructions": INSTRUCTIONS}
     policy = MoDEPolicy(meta, dim=192, depth=4, heads=4, action_patch=4, language={"encoder": "builtin"})
     dit_total = sum(p.numel() for p in policy.dit.parameters())
-    per_expert = sum(p.numel() for p in policy._routed_ffns()[0].experts[0].parameters())
+    per_expert = sum(p.numel() for p in policy.routes.ffns()[0].experts[0].parameters())
     assert policy.active_parameters(policy.dit) == dit_total - 4 * 2 * per_expert  # 2 idle experts x 4 layers
     assert policy.active_parameters(policy.dit) / dit_total <= 0.6
     assert policy.active_parameters() < policy.num_parameters()
@@ -248,7 +248,7 @@ def test_moe_is_a_dit_option_and_bad_options_are_named():
     from dp.policies import DiTPolicy
 
     policy = DiTPolicy(META, dim=32, depth=2, heads=2, horizon=8, n_action_steps=4, ffn="moe", moe={"top_k": 1})
-    assert len(policy._routed_ffns()) == 2 and policy._routed_ffns()[0].top_k == 1
+    assert len(policy.routes.ffns()) == 2 and policy.routes.ffns()[0].top_k == 1
     with pytest.raises(ValueError, match="ffn must be one of"):
         DiTPolicy(META, dim=32, depth=1, heads=2, ffn="sparse")
     with pytest.raises(ValueError, match="unknown moe option"):

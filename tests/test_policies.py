@@ -78,13 +78,13 @@ def test_action_patch_policy_trains_and_round_trips(tmp_path):
     data = toy_dataset(tmp_path)
     Trainer(train_cfg(data, tmp_path / "patch", *TINY_DIT, "policy.action_patch=4", "training.steps=3")).run()
     policy = Policy.from_checkpoint(tmp_path / "patch")
-    assert policy.tokenizer.pos.shape[1] == policy.horizon // 4
+    assert policy.codec.tokenizer.pos.shape[1] == policy.horizon // 4
     assert policy.predict_action({"state": torch.zeros(3, 2, 4)}).shape == (3, policy.horizon, 2)
 
 
 def test_initial_noise_is_drawn_once_per_episode():
     policy = _fitted(DiTPolicy(META, dim=32, depth=2, heads=2, initial_noise="episode"))
-    torch.nn.init.normal_(policy.head.proj.weight, std=0.1)
+    torch.nn.init.normal_(policy.codec.head.proj.weight, std=0.1)
     obs = {"state": torch.randn(3, 2, 4)}
     policy.generator = torch.Generator().manual_seed(0)
     a, b = policy.predict_action(obs), policy.predict_action(obs)

@@ -120,7 +120,7 @@ def test_mode_streams_through_its_router():
     obs = {"state": torch.randn(2, 1, 4), "instruction": INSTRUCTIONS[:2]}
     a, b = policy.predict_action(obs), policy.predict_action(obs)
     assert a.shape == b.shape == (2, 8, 2) and torch.isfinite(b).all()
-    assert all(not f.step_cache for f in policy._routed_ffns())
+    assert all(not f.step_cache for f in policy.routes.ffns())
     policy.train()
     batch = {"obs": {"state": torch.randn(4, 1, 4), "instruction": INSTRUCTIONS[:2] * 2},
              "action": torch.randn(4, 8, 2)}

@@ -115,3 +115,34 @@ def test_ddp_two_processes_gloo(tmp_path):
     hist = _losses(run)
     assert len(hist) == 30 and np.mean(hist[-5:]) < np.mean(hist[:5])
     assert Policy.from_checkpoint(run).predict_action({"state": torch.zeros(1, 2, 4)}).shape == (1, 8, 2)
+
+
+class TinyRegressor(torch.nn.Module):
+    """Not a Policy: a linear map from the last state to the action chunk. What the Trainer needs
+    of a model is ``compute_loss(batch) -> {"loss": ...}`` and a constructor taking shape_meta."""
+
+    def __init__(self, shape_meta: dict, horizon: int = 8, n_obs_steps: int = 2, n_action_steps: int = 4):
+        super().__init__()
+        self.net = torch.nn.Linear(shape_meta["obs"]["state"][0], horizon * shape_meta["action"][0])
+
+    def compute_loss(self, batch: dict) -> dict:
+        pred = self.net(batch["obs"]["state"][:, -1]).view(batch["action"].shape)
+        return {"loss": torch.nn.functional.mse_loss(pred, batch["action"])}
+
+
+def test_the_trainer_trains_any_module_with_compute_loss(tmp_path):
+    from omegaconf import OmegaConf
+
+    from dp.policies.registry import register_policy
+
+    register_policy(TinyRegressor)
+    cfg = train_cfg(toy_dataset(tmp_path), tmp_path / "run", "training.steps=200", "training.checkpoint_every=100")
+    OmegaConf.set_struct(cfg, False)
+    cfg.policy = {"_target_": f"{TinyRegressor.__module__}.TinyRegressor", "horizon": 8, "n_obs_steps": 2,
+                  "n_action_steps": 4}
+    trainer = Trainer(cfg)
+    assert type(trainer.policy) is TinyRegressor
+    trainer.run()
+    losses = _losses(tmp_path / "run")
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:5])
+    assert (tmp_path / "run" / "checkpoints" / "step_00000200" / "weights.safetensors").exists()

@@ -42,12 +42,12 @@ def test_winner_is_the_nearest_anchor_and_focal_loss_rewards_it():
 
 def test_anchor_branch_trains_scores_and_needs_x0_prediction():
     policy = _policy().train()
-    policy.anchors.copy_(torch.rand(4, 16, 3) * 2 - 1)
+    policy.plugins["anchors"].anchors.copy_(torch.rand(4, 16, 3) * 2 - 1)
     batch = {"obs": {"state": torch.randn(6, 1, 5)}, "action": torch.rand(6, 16, 3) * 2 - 1}
     out = policy.compute_loss(batch)
     out["loss"].backward()
     assert {"diffusion_loss", "anchor_cls", "anchor_rec"} <= set(out)
-    assert policy.anchor_score.weight.grad.abs().sum() > 0
+    assert policy.plugins["anchors"].score.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="prediction 'x0'"):
         _policy(process={"prediction": "eps"})
     with pytest.raises(ValueError, match="trained with anchors"):
@@ -56,7 +56,7 @@ def test_anchor_branch_trains_scores_and_needs_x0_prediction():
 
 def test_truncated_sampling_returns_a_denoised_anchor_and_falls_back_when_unsure():
     policy = _policy().eval()
-    policy.anchors.copy_(torch.rand(4, 16, 3) * 2 - 1)
+    policy.plugins["anchors"].anchors.copy_(torch.rand(4, 16, 3) * 2 - 1)
     obs = {"state": torch.randn(5, 1, 5)}
     policy.set_sampler("truncated", 2, fallback_score=0.0)  # never unsure
     out = policy.predict_action(obs)

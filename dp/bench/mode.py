@@ -6,7 +6,7 @@ predict_action counted by ``torch.utils.flop_counter`` (matmuls and attention, a
 counted, not estimated), total and active parameters.
 
 Variants (Meta-World state shapes, language on, dim 192, action_patch 4):
-- ``mode cached``: fused per-call experts, no router (``prepare_inference``);
+- ``mode cached``: fused per-call experts, no router (``policy.routes``, ``RouteCache``);
 - ``mode uncached``: the router and per-expert dispatch on every call;
 - ``dit depth 4``: the baseline dense DiT, about the active parameters of mode's denoiser
   (its adaLN weights count as parameters but cost nothing per token: dp computes them
@@ -81,7 +81,7 @@ def variants(checkpoint: str | None = None) -> dict:
         for p in (cached, uncached):
             p.set_sampler(common["sampler"]["name"], common["sampler"]["steps"])
         common["process"] = load_config(checkpoint)["policy"].get("process")
-    uncached.expert_cache = False
+    uncached.routes.enabled = False
     return {
         "mode cached": cached,
         "mode uncached": uncached,
@@ -100,8 +100,8 @@ def one_pair_per_layer(policy: MoDEPolicy) -> MoDEPolicy:
     calls (the first whose experts are one window of the bank), so a prediction reads one
     expert pair per layer, as a dense layer reads one MLP. Its time against ``mode cached``
     is what reading different experts across calls costs; its outputs are not mode's."""
-    policy.prepare_inference()
-    for ffn in policy._routed_ffns():
+    policy.routes.prepare(policy.sampler, policy.process, policy.device)
+    for ffn in policy.routes.ffns():
         calls = list(ffn.step_cache.values())
         pair = next((c for c in calls if isinstance(c, FusedExperts)), calls[0])
         ffn.step_cache = {key: pair for key in ffn.step_cache}

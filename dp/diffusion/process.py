@@ -9,6 +9,9 @@ Schedules:
   sigma_min and sigma_max (so an even t grid is EDM's exponential sigma schedule);
   training sigma ~ log-logistic (MoDE: loc ln 0.5, scale 0.5).
 
+``GaussianProcess`` implements the ``Process`` protocol (dp/diffusion/protocol.py): ``corrupt``,
+``loss`` (per token, with a mask), ``prior``, ``to_x0``; its ``kind`` is ``"gaussian"``.
+
 Predictions (what the network outputs): ``eps``, ``x0``, ``v`` (alpha eps - sigma x0),
 ``velocity`` (dx_t/dt = alpha' x0 + sigma' eps), and ``edm`` (EDM preconditioning:
 D = c_skip x_t + c_out F(c_in x_t), trained on F's effective target; schedule ``edm`` only).
@@ -35,6 +38,8 @@ def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 class GaussianProcess:
+    kind = "gaussian"
+
     def __init__(
         self,
         schedule: str = "vp_cosine",
@@ -132,6 +137,23 @@ class GaussianProcess:
         v = torch.rand(shape, device=device, generator=generator).clamp(1e-6, 1 - 1e-6)
         log_sigma = self.edm_loc + self.edm_scale * (v.log() - (-v).log1p())
         return self.edm_level(log_sigma.exp().clamp(self.sigma_min, self.sigma_max))
+
+    def corrupt(self, x0: torch.Tensor, level: torch.Tensor, generator: torch.Generator | None = None):
+        """Clean x0 [B, N, ...] at per-token levels [B, N] -> (x_t, noise): the noise is what
+        ``loss`` needs besides x0."""
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        return self.add_noise(x0, noise, level), noise
+
+    def loss(self, out: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor,
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error of the network output against this prediction's target, per
+        token [B, N] (mean over the feature axes), averaged over the tokens where ``mask`` [B, N]
+        is True (all tokens when None)."""
+        per_token = (out.float() - self.target(x0, noise, level)).pow(2).flatten(2).mean(-1)
+        if mask is None:
+            return per_token.mean()
+        mask = mask.to(per_token.dtype)
+        return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         alpha, sigma = self.alpha_sigma(t)

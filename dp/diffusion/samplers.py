@@ -9,6 +9,17 @@ whose level is already 0 is left as it is; a step that ends at level 0 returns x
 - ``ddim``: deterministic (eta 0) x_s = alpha_s x0_hat + sigma_s eps_hat.
 - ``dpm_solver_pp``: DPM-Solver++(2M), multistep second order in log-SNR.
 - ``euler`` / ``heun``: the probability-flow ODE, first / second order (see Euler).
+
+A policy drives every sampler the same way, with no branch on its name:
+
+    sampler.check(policy)            # when the sampler is set: can it run this policy? (raises ConfigError)
+    x0 = sampler.generate(ctx)       # one prediction; ctx: SampleContext (dp/policies/denoising.py)
+
+``ctx`` gives ``denoise(x_t, level) -> x0_hat`` (committed actions inpainted, cached expert
+routes applied), ``process``, ``prior()``, ``generator``, ``layout`` and ``plugin(name)``.
+A sampler that keeps state between predictions (streaming's buffer) owns it; one that needs a
+trained part (truncated's anchors) asks ``ctx.plugin`` for it. ``fixed_levels``: every
+network call's level is known before the prediction (what MoE route caching needs).
 """
 from __future__ import annotations
 
@@ -25,6 +36,8 @@ Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class Sampler:
     name = "base"
     calls_per_step = 1
+    process_kinds = ("gaussian",)
+    fixed_levels = True
 
     def __init__(self, steps: int = 10):
         if steps < 1:
@@ -33,6 +46,16 @@ class Sampler:
 
     def network_calls(self) -> int:
         return self.steps * self.calls_per_step
+
+    def check(self, policy) -> None:
+        """Raise ConfigError when this sampler cannot run ``policy`` (nothing to check here)."""
+
+    def reset(self) -> None:
+        """Forget per-episode state (none here)."""
+
+    def generate(self, ctx) -> torch.Tensor:
+        """One prediction: the clean sample [B, H, A] from ``ctx.prior()``."""
+        return self.sample(ctx.denoise, ctx.process, ctx.prior(), generator=ctx.generator)
 
     def levels(self, process: GaussianProcess, device=None) -> torch.Tensor:
         return process.sampling_levels(self.steps, device)

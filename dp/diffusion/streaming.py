@@ -21,6 +21,7 @@ horizon must end on a chunk boundary and chunks must not split an action token.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -84,6 +85,8 @@ class StreamingSampler:
     ``base``: the sampler that takes each pass (ddim by default) on per-token levels."""
 
     name = "streaming"
+    process_kinds = ("gaussian",)
+    fixed_levels = False  # levels differ per token and per call
 
     def __init__(self, steps: int = 2, base: str = "ddim"):
         if steps < 1:
@@ -95,6 +98,18 @@ class StreamingSampler:
 
     def reset(self) -> None:
         self.buffer, self.levels = None, None
+
+    def check(self, policy) -> None:
+        """The policy's chunk layout and this step count fit; warn when it never trained on
+        staggered levels (``policy.stream_fraction`` 0)."""
+        self.passes(policy.stream_layout)
+        if getattr(policy, "stream_fraction", 0) == 0:
+            warnings.warn("sampler 'streaming' on a policy trained at one level per sample: it has never seen "
+                          "the buffer's staggered levels, expect poor actions. Train with "
+                          "policy.streaming.train_fraction=0.8.", stacklevel=3)
+
+    def generate(self, ctx) -> torch.Tensor:
+        return self.call(ctx.denoise, ctx.process, ctx.layout, ctx.prior, generator=ctx.generator)
 
     def passes(self, layout: StreamLayout) -> int:
         if self.steps % layout.chunks:

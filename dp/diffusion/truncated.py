@@ -76,6 +76,8 @@ class TruncatedSampler:
     support and that row is sampled in full (``fallback`` sampler, ``fallback_steps``)."""
 
     name = "truncated"
+    process_kinds = ("gaussian",)
+    fixed_levels = False  # anchors and fallback rows run at different levels
 
     def __init__(self, steps: int = 2, level: float = 0.008, fallback_score: float = 0.05,
                  fallback: str = "ddim", fallback_steps: int = 10):
@@ -90,6 +92,16 @@ class TruncatedSampler:
         self.fallback = gaussian_sampler(fallback, fallback_steps)
         self.fallbacks = 0  # rows sampled in full since construction (reported by evaluations)
         self.rows = 0
+
+    def check(self, policy) -> None:
+        if "anchors" not in getattr(policy, "plugins", {}):
+            raise ConfigError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+
+    def reset(self) -> None:
+        """Nothing per episode (the fallback counters run for the sampler's life)."""
+
+    def generate(self, ctx) -> torch.Tensor:
+        return ctx.plugin("anchors").sample(ctx, self)
 
     def levels(self, device=None) -> torch.Tensor:
         """[steps + 1] from ``level`` down to 0."""

@@ -25,7 +25,7 @@ from dp.policies import Policy
 
 @torch.no_grad()
 def routing_table(policy, n_levels: int = 101) -> dict:
-    ffns = policy._routed_ffns()
+    ffns = policy.routes.ffns() if hasattr(policy, "routes") else []
     if not ffns:
         raise ConfigError(f"{type(policy).__name__} has no routed ffn (policy=mode has).")
     levels = torch.linspace(0, 1, n_levels, device=policy.device)

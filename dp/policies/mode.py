@@ -8,11 +8,11 @@ sets MoDE's defaults:
   experts, ``moe.top_k`` per token, optional shared expert); the router reads the level
   embedding only. The balance loss (weight ``moe.balance_weight``) is added to the loss,
   with router entropy and per-expert usage per noise-level bucket beside it
-  (``DiTPolicy.compute_loss``);
+  (``DenoisingPolicy.compute_loss``);
 - MoDE's block (``level_cond="add"``): the level embedding is added to every token
   before self-attention, with RMSNorm and QK-RMSNorm, and prepended as a noise token
   (``level_token=True``);
-- expert caching at inference (``DiTPolicy.prepare_inference``): the routes of every
+- expert caching at inference (``RouteCache`` in dp/core/moe.py): the routes of every
   sampler call are computed once and each call runs one fused MLP per layer.
 
 Observation and instruction tokens form the prefix, whose keys/values are computed once

@@ -29,7 +29,7 @@ from dp.checkpoint import (
 from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.data.atomic import GracefulInterrupt
 from dp.errors import ConfigError, UserError
-from dp.policies.registry import build_policy, policy_class, policy_options
+from dp.policies.registry import build_policy
 from dp.train.batches import StepBatches
 from dp.train.config_checks import check_train_config
 from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
@@ -131,12 +131,14 @@ class Trainer:
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         policy_cfg.pop("name", None)
         policy_cfg["shape_meta"] = self.shape_meta
-        sampler = cfg.get("sampler")
-        if sampler is not None and "sampler" in policy_options(policy_class(policy_cfg.get("_target_"))):
-            policy_cfg["sampler"] = OmegaConf.to_container(sampler, resolve=True)
+        # a policy config with a `sampler: null` slot takes the sampler group's choice (configs/sampler/)
+        if "sampler" in policy_cfg and policy_cfg["sampler"] is None and cfg.get("sampler") is not None:
+            policy_cfg["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
         self.policy = build_policy(policy_cfg).to(self.device)
-        self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
+        # optional hooks: a model needs only compute_loss(batch) -> {"loss": ...}
+        if hasattr(self.policy, "set_normalizer"):
+            self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
         if hasattr(self.policy, "fit_to_data"):  # e.g. anchors for truncated diffusion (resuming reloads them)
             self.policy.fit_to_data(self.dataset)
         self.policy.to(self.device)
@@ -146,10 +148,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
         self.scheduler = warmup_cosine(self.optimizer, t.warmup_steps, t.steps)
         self.batches = StepBatches(len(self.dataset), t.batch_size, cfg.seed, self.dist.rank, self.dist.world)
-        self.model = self.policy
+        self.model = LossModule(self.policy)  # what DDP and torch.compile wrap: forward is compute_loss
         if self.dist.world > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                self.policy, device_ids=[self.device.index] if self.device.type == "cuda" else None
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         self.loss_fn = torch.compile(self.model) if t.get("compile") else self.model
         self.step = 0
@@ -282,8 +284,9 @@ class Trainer:
         run = self._init_wandb() if main else None
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
-            print(f"policy {self.policy.config['_target_'].rsplit('.', 1)[-1]}: "
-                  f"{self.policy.num_parameters() / 1e6:.2f}M parameters; {len(self.dataset)} training windows; "
+            print(f"policy {type(self.policy).__name__}: "
+                  f"{sum(p.numel() for p in self.policy.parameters()) / 1e6:.2f}M parameters; "
+                  f"{len(self.dataset)} training windows; "
                   f"device {self.device}; {self.dist.world} process(es)")
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (main and cfg.progress))
         t0, start_step, recent = time.perf_counter(), self.step, []
@@ -341,7 +344,7 @@ class Trainer:
             from dp.eval.plots import training_curve
 
             training_curve(self.history, self.out / "training_curve.png",
-                           f"{cfg.task.name} / {self.policy.config['_target_'].rsplit('.', 1)[-1]}")
+                           f"{cfg.task.name} / {type(self.policy).__name__}")
             (self.out / "history.json").write_text(json.dumps(self.history))
             summary["checkpoint"] = str(path)
             summary["training_curve"] = str(self.out / "training_curve.png")
@@ -361,6 +364,18 @@ class Trainer:
         self.wandb_id = self.cfg.logging.get("run_id") or self.wandb_id or uuid.uuid4().hex[:8]
         return wandb.init(project=self.cfg.logging.project, mode=mode, dir=str(self.out), config=self.full_config,
                           name=self.out.name, resume="allow", id=self.wandb_id)
+
+
+class LossModule(torch.nn.Module):
+    """``forward(batch)`` is ``model.compute_loss(batch)``: DDP and torch.compile wrap a forward,
+    and a trained model need not define one."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict) -> dict:
+        return self.model.compute_loss(batch)
 
 
 class TrainingDiverged(UserError):

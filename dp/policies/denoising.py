@@ -1,0 +1,271 @@
+"""The denoising policy every diffusion method composes (docs/design.md, "How a method is built").
+
+    encoders -> condition tokens        ObsEncoder (a token per step and key) + language
+    codec    -> target <-> tokens       ContinuousActionCodec (action chunk, ``action_patch``)
+    process  -> corrupt / loss / prior / to_x0      GaussianProcess
+    core     -> DiT(tokens, per-token levels, condition cache)
+    sampler  -> sampler.generate(ctx): any sampler of the process's kind, no branch on its name
+    plugins  -> trained parts with their own training terms (truncated diffusion's anchors)
+
+Inference-only accelerations sit beside what they accelerate: the condition K/V and the
+level terms in the DiT's ``ConditionCache`` (once per prediction), MoE routes in
+``RouteCache`` (once per sampler and weights). Committed actions (real-time chunking) are
+inpainted inside ``ctx.denoise``, so every sampler honours them.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+
+from dp.core import ConditionCache
+from dp.core.dit import PREFIX_STEP
+from dp.core.moe import RouteCache, balance_loss, router_stats
+from dp.diffusion import make_sampler
+from dp.diffusion.protocol import check_pairing
+from dp.diffusion.streaming import StreamLayout, staggered_training_levels
+from dp.errors import ConfigError
+from dp.policies.base import Policy, inpaint
+
+# state-dict names of checkpoints written before the composition (dp format <= 2) -> today's
+LEGACY_KEYS = (("tokenizer.", "codec.tokenizer."), ("head.", "codec.head."),
+               ("anchor_score.", "plugins.anchors.score."), ("anchors", "plugins.anchors.anchors"))
+
+
+@dataclass
+class SampleContext:
+    """What a sampler gets for one prediction (see dp/diffusion/samplers.py)."""
+
+    policy: "DenoisingPolicy"
+    denoise: object  # (x_t [B, H, A], level [B, H]) -> x0_hat, committed actions inpainted
+    batch: int
+    obs: dict  # normalized observations (plug-ins that re-encode rows need them)
+    cache: ConditionCache
+    known: tuple | None = None  # (positions, normalized committed actions [B, k, A])
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def process(self):
+        return self.policy.process
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self.policy.generator
+
+    @property
+    def layout(self) -> StreamLayout:
+        return self.policy.stream_layout
+
+    def prior(self) -> torch.Tensor:
+        return self.policy.prior_sample(self.batch)
+
+    def plugin(self, name: str):
+        if name not in self.policy.plugins:
+            raise ConfigError(f"sampler {self.policy.sampler.name!r} needs the policy part {name!r}, which this "
+                              f"policy was not trained with.")
+        return self.policy.plugins[name]
+
+
+class DenoisingPolicy(Policy):
+    """Composition of the parts above. Subclasses parse their config and pass built parts."""
+
+    def __init__(self, config: dict, *, shape_meta: dict, horizon: int, n_obs_steps: int, n_action_steps: int,
+                 obs_encoder, language, codec, process, dit, sampler: dict, initial_noise: str = "call",
+                 stream_fraction: float = 0.0, balance_weight: float = 0.0, plugins: dict | None = None):
+        super().__init__(config)
+        if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
+            raise ConfigError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
+        if initial_noise not in ("episode", "call"):
+            raise ConfigError(f"initial_noise must be one of ('episode', 'call'), got {initial_noise!r}.")
+        self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
+        self.action_dim = int(shape_meta["action"][0])
+        # registered in this order, the parameters iterate as they did before the composition (the
+        # gradient-norm sum, and so a training run, depends on it)
+        self.obs_encoder, self.dit, self.language, self.codec = obs_encoder, dit, language, codec
+        self.process = process
+        self.instructions = list(shape_meta.get("instructions") or [])
+        self.plugins = torch.nn.ModuleDict(plugins or {})
+        self.initial_noise, self.stream_fraction, self.balance_weight = initial_noise, stream_fraction, balance_weight
+        self._episode_noise: torch.Tensor | None = None
+        self.generator: torch.Generator | None = None  # set for reproducible sampling
+        self.routes = RouteCache(self.dit, PREFIX_STEP)
+        self.register_load_state_dict_post_hook(self.clear_inference_cache)
+        self.register_load_state_dict_pre_hook(self._upgrade_legacy_keys)
+        if stream_fraction > 0:
+            self.stream_layout  # noqa: B018  (checks the chunk layout now, not at the first call)
+        self.sampler = self._checked(make_sampler(**sampler))
+
+    # -------------------------------------------------------------- parts
+    @property
+    def stream_layout(self) -> StreamLayout:
+        """Chunks of n_action_steps actions from the first executed one (dp.diffusion.streaming)."""
+        return StreamLayout(self.horizon, self.n_obs_steps - 1, self.n_action_steps, self.codec.patch)
+
+    def _checked(self, sampler):
+        check_pairing(sampler, self.process)
+        sampler.check(self)
+        return sampler
+
+    def set_sampler(self, name: str, steps: int, **options) -> None:
+        """Swap the sampler (eval, control and the sweep all do it this way); checked against
+        this policy before it is used. Recorded in ``config`` so reports say what ran."""
+        self.sampler = self._checked(make_sampler(name, steps, **options))
+        self.config["sampler"] = {"name": name, "steps": steps, **options}
+
+    def normalized_keys(self) -> list[str]:
+        return ["action", *self.obs_encoder.lowdim]
+
+    def fit_to_data(self, dataset) -> None:
+        """Trainer hook, after ``set_normalizer``: data-dependent setup of the plug-ins."""
+        for plugin in self.plugins.values():
+            plugin.fit_to_data(self, dataset)
+
+    def reset(self) -> None:
+        super().reset()
+        self._episode_noise = None
+        self.sampler.reset()
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.clear_inference_cache()
+        return super().train(mode)
+
+    def clear_inference_cache(self, *_) -> None:
+        """Drop the expert route cache (rebuilt on the next prediction). Also a load_state_dict hook."""
+        self.routes.clear()
+
+    def _upgrade_legacy_keys(self, module, state_dict, prefix, *_):
+        for old, new in LEGACY_KEYS:
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                if old == "anchors" and key != prefix + old:
+                    continue  # only the buffer itself, not anchors_* names
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+    # -------------------------------------------------------------- pieces
+    def normalize_obs(self, obs: dict) -> dict:
+        out = dict(obs)
+        for k in self.obs_encoder.lowdim:
+            out[k] = self.normalizer.normalize(k, obs[k].float())
+        return out
+
+    def encode_obs(self, obs: dict, levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
+        """Normalized obs -> the DiT's per-prediction condition cache (computed once), with the
+        level-only terms of ``levels`` [S] (the sampler's grid) when given."""
+        tokens = self.obs_encoder({k: obs[k] for k in self.obs_encoder.keys})
+        if self.dit.cond_mode == "alternating":
+            per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, len(self.obs_encoder.keys), -1)
+            tokens = [per_key[:, :, i] for i in range(per_key.shape[2])]
+        if self.language is not None:
+            lang = self.language(self._instructions(obs, tokens))[:, None]  # [B, 1, D]
+            tokens = [lang, *tokens] if isinstance(tokens, list) else torch.cat([lang, tokens], dim=1)
+        return self.dit.encode_condition(tokens, levels=levels, prefix_step=prefix_step)
+
+    def _instructions(self, obs: dict, tokens) -> list[str]:
+        """``obs["instruction"]`` (rollouts), else in training the dataset's instruction of each
+        sample's ``task_id`` (or its only one)."""
+        b = (tokens[0] if isinstance(tokens, list) else tokens).shape[0]
+        texts = obs.get("instruction")
+        if texts is None and "task_id" in obs:
+            texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]
+        elif texts is None and len(self.instructions) == 1 and self.training:  # a single-task store
+            texts = self.instructions * b
+        if texts is None:
+            raise KeyError("this policy is conditioned on language: pass obs['instruction'], a list of B strings "
+                           "(dp-eval does this from the env's instruction).")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if len(texts) != b:
+            raise ConfigError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
+        return texts
+
+    def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+        """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]."""
+        return self.dit(self.codec.encode(self.process.model_input(x_t, level)), self.codec.token_levels(level),
+                        cache=cache)
+
+    def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+        """Raw network output in the target's layout [B, H, A]."""
+        return self.codec.decode(self.denoiser_tokens(x_t, level, cache))
+
+    def prior_sample(self, b: int) -> torch.Tensor:
+        """The sampler's start [B, H, A]: fresh per prediction (``initial_noise="call"``,
+        diffusion_policy's behaviour) or drawn once per episode (``"episode"``; ``reset()`` draws
+        anew), which makes the policy a deterministic function of the observation within an
+        episode. Rows belong to batch positions, so callers keep each env in one row."""
+        shape = self.codec.shape(b)
+        if self.initial_noise == "call":
+            return self.process.prior(shape, device=self.device, generator=self.generator)
+        if self._episode_noise is None or self._episode_noise.shape != shape:
+            self._episode_noise = self.process.prior(shape, device=self.device, generator=self.generator)
+        return self._episode_noise.clone()
+
+    def training_levels(self, b: int, device) -> torch.Tensor:
+        """[B, H]: one level per sample, or (``streaming.train_fraction``) chunk-staggered levels."""
+        if self.stream_fraction > 0:
+            return staggered_training_levels(self.process, self.stream_layout, b, self.stream_fraction, device)
+        return self.process.sample_level((b,), device=device)[:, None].expand(b, self.horizon)
+
+    def denoiser(self, cache: ConditionCache, known=None, cached: bool = False):
+        """The sampler's ``denoise(x_t, level) -> x0`` for one prediction: the network, the
+        process's x0, committed actions inpainted, and the call index for cached routes."""
+        calls = itertools.count()
+
+        def denoise(x_t, level):
+            i = next(calls)
+            cache.step = i if cached and self.routes.on_grid(i, level) else None
+            return inpaint(self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level), known)
+
+        return denoise
+
+    def _committed_slice(self, committed: torch.Tensor | None, b: int):
+        """(positions, normalized actions [B, k, A]) for ``committed``, or None."""
+        if committed is None:
+            return None
+        committed = torch.as_tensor(committed, device=self.device).float()
+        start = self.n_obs_steps - 1
+        k = committed.shape[1] if committed.dim() == 3 else -1
+        if committed.dim() != 3 or committed.shape[0] != b or committed.shape[2] != self.action_dim \
+                or not 0 < k <= self.horizon - start:
+            raise ConfigError(f"committed must be [B={b}, k, A={self.action_dim}] with 1 <= k <= "
+                              f"{self.horizon - start}; got {tuple(committed.shape)}.")
+        return slice(start, start + k), self.normalizer.normalize("action", committed)
+
+    # -------------------------------------------------------------- interface
+    def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
+        obs = self.normalize_obs(batch["obs"])
+        if "task_id" in batch and "instruction" not in obs:
+            obs["task_id"] = batch["task_id"]
+        x0 = self.normalizer.normalize("action", batch["action"].float())
+        cache = self.encode_obs(obs)
+        level = self.training_levels(x0.shape[0], x0.device)
+        x_t, aux = self.process.corrupt(x0, level)
+        loss = self.process.loss(self.network(x_t, level, cache), x0, aux, level)
+        out = {"loss": loss}
+        for plugin in self.plugins.values():
+            out = plugin.training_terms(self, obs, x0, out)
+        ffns = self.routes.ffns()
+        if ffns:  # mixture of experts: balance loss, and router statistics to log beside it
+            balance = balance_loss(ffns)
+            out.update(mse=out["loss"], balance_loss=balance, loss=out["loss"] + self.balance_weight * balance)
+            out.update(router_stats(ffns, level[:, 0]))
+        return out
+
+    @torch.inference_mode()
+    def predict_action(self, obs: dict, committed: torch.Tensor | None = None) -> torch.Tensor:
+        """obs -> action chunk [B, H, A] in env units.
+
+        committed: [B, k, A] env units, actions already promised to the robot for the first k
+        executed steps (an async controller executes them while this call runs). They are
+        inpainted: every denoising step's x0 estimate is overwritten there, so the chunk is
+        sampled to continue them (real-time chunking, with hard inpainting in place of RTC's
+        soft guidance). The returned chunk holds them at positions n_obs_steps - 1 onward."""
+        obs = self.normalize_obs(self.obs_to_device(obs))
+        cached = self.routes.applies(self.sampler)
+        if cached:
+            self.routes.ensure(self.sampler, self.process, self.device)
+        levels = self.sampler.levels(self.process, self.device) if self.sampler.fixed_levels else None
+        cache = self.encode_obs(obs, levels=levels, prefix_step=PREFIX_STEP if cached else None)
+        b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
+        known = self._committed_slice(committed, b)
+        ctx = SampleContext(self, self.denoiser(cache, known, cached), b, obs, cache, known)
+        return self.normalizer.unnormalize("action", self.sampler.generate(ctx))
