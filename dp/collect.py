@@ -80,6 +80,8 @@ def collect(cfg: DictConfig | dict) -> dict:
                     episode["agent_pos"] = ep.obs["agent_pos"].astype(np.float32)
                 if "image" in ep.obs:
                     episode["img"] = ep.obs["image"].astype(np.uint8)
+                for key in (k for k in ep.obs if k.endswith("_image")):  # extra cameras keep their names
+                    episode[key] = ep.obs[key].astype(np.uint8)
                 if multi:
                     episode["task_id"] = np.full(len(ep), task_id, dtype=np.int64)
                 buffer.add_episode(episode)

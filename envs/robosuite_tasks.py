@@ -112,7 +112,7 @@ EXPERTS = "envs.robosuite_experts"  # the registry finds expert() there (experts
 OBJECT_DIMS = {"rs_lift": 10, "rs_can": 14, "rs_square": 14, "rs_stack": 23, "rs_two_arm_lift": 19}
 TWO_ARM_CONFIGURATION = "parallel"
 CONTROL_FREQ = 20
-OPTIONS = ("obs", "robot", "image_size", "camera", "max_episode_steps", "render_size")
+OPTIONS = ("obs", "robot", "image_size", "camera", "max_episode_steps", "render_size", "extra_cameras")
 
 # robosuite messages that carry no information for us: setup hints printed at import,
 # optional packages we do not use, and the BASIC composite config naming body parts
@@ -190,6 +190,7 @@ class RobosuiteEnv(gym.Env):
         camera: str = "agentview",
         max_episode_steps: int | None = None,
         render_size: int = 256,
+        extra_cameras: tuple[str, ...] | list[str] = (),
     ):
         suite = _robosuite()
         self.name = name
@@ -234,6 +235,11 @@ class RobosuiteEnv(gym.Env):
         cameras = [model.camera_id2name(i) for i in range(model.ncam)]
         if camera not in cameras:
             raise EnvValueError(f"camera must be one of {cameras}, got {camera!r}.")
+        # obs=image: "image" from `camera`, and "<name>_image" from each extra camera (e.g. the wrist's)
+        self.extra_cameras = [extra_cameras] if isinstance(extra_cameras, str) else list(extra_cameras)
+        unknown = [c for c in self.extra_cameras if c not in cameras]
+        if unknown:
+            raise EnvValueError(f"extra_cameras must be among {cameras}, got {unknown}.")
 
         raw = self._env._get_observations(force_update=True)
         keys = []
@@ -257,7 +263,8 @@ class RobosuiteEnv(gym.Env):
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(self.state_dim,), dtype=np.float32)}
         obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":
-            obs_spaces["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
+            for key in ["image", *(f"{c}_image" for c in self.extra_cameras)]:
+                obs_spaces[key] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
@@ -288,9 +295,9 @@ class RobosuiteEnv(gym.Env):
                 _exit_hook_registered = True
         return r
 
-    def _frame(self, size: int, msaa: bool = False) -> np.ndarray:
+    def _frame(self, size: int, msaa: bool = False, camera: str | None = None) -> np.ndarray:
         r = self._renderer(size, msaa)
-        r.update_scene(self._env.sim.data._data, camera=self.camera, scene_option=self._scene_option)
+        r.update_scene(self._env.sim.data._data, camera=camera or self.camera, scene_option=self._scene_option)
         return np.ascontiguousarray(r.render())  # mujoco.Renderer frames are upright
 
     def render(self, size: int | None = None) -> np.ndarray:
@@ -305,6 +312,8 @@ class RobosuiteEnv(gym.Env):
         out["agent_pos"] = out["state"][: self.proprio_dims].copy()
         if self.obs_mode == "image":
             out["image"] = self._frame(self.image_size)
+            for cam in self.extra_cameras:
+                out[f"{cam}_image"] = self._frame(self.image_size, camera=cam)
         return out
 
     def _success(self) -> bool:

@@ -30,13 +30,35 @@ def test_condition_is_encoded_once_per_prediction(monkeypatch):
 def test_select_action_pops_a_queue_of_executed_actions():
     policy = _fitted(DiTPolicy(META, dim=32, depth=2, heads=2, horizon=8, n_obs_steps=2, n_action_steps=3))
     policy.generator = torch.Generator().manual_seed(0)
-    obs = {"state": torch.zeros(1, 2, 4)}
-    first = [policy.select_action(obs) for _ in range(3)]
+    steps = [torch.full((1, 4), float(i)) for i in range(4)]  # one env step's state each
+    first = [policy.select_action({"state": steps[i]}) for i in range(3)]
+    # the chunk came from the first step's observation, repeated To=2 times (episode start)
     policy.generator = torch.Generator().manual_seed(0)
-    chunk = policy.predict_action(obs)
+    chunk = policy.predict_action({"state": torch.stack([steps[0], steps[0]], 1)})
     torch.testing.assert_close(torch.stack(first, 1), chunk[:, 1:4])  # action[To-1 : To-1+Ta]
+    # the 4th step predicts again, from the last two steps
+    assert policy.needs_prediction
+    policy.generator = torch.Generator().manual_seed(1)
+    fourth = policy.select_action({"state": steps[3]})
+    policy.generator = torch.Generator().manual_seed(1)
+    torch.testing.assert_close(fourth, policy.predict_action({"state": torch.stack([steps[2], steps[3]], 1)})[:, 1])
     policy.reset()
-    assert not policy._queue
+    assert policy.needs_prediction and len(policy._history) == 0
+
+
+def test_the_history_takes_env_images_channels_last_and_instructions():
+    policy = DiTPolicy({"action": [2], "obs": {"agent_pos": [3], "image": [3, 16, 16]}}, dim=32, depth=1, heads=2,
+                       horizon=8, n_obs_steps=2, n_action_steps=4, image_encoder={"crop": 16, "width": 8})
+    history = policy.new_history()
+    img = torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8)
+    history.push_one({"agent_pos": np.zeros(3, np.float32), "image": img.numpy(), "instruction": "push",
+                      "extra": np.zeros(7)})
+    batch = history.batch()
+    assert batch["image"].shape == (1, 2, 3, 16, 16) and batch["agent_pos"].shape == (1, 2, 3)
+    torch.testing.assert_close(batch["image"][0, 1], img.permute(2, 0, 1))
+    assert batch["instruction"] == ["push"] and "extra" not in batch
+    with pytest.raises(ValueError, match=r"lacks \['image'\]"):
+        history.push_one({"agent_pos": np.zeros(3, np.float32)})
 
 
 @pytest.mark.parametrize("cls", [DiTPolicy, MLPBCPolicy])

@@ -53,9 +53,9 @@ def test_env_fps_is_the_real_step_rate(task, expected):
 
 
 class _ZeroPolicy:
-    """The least run_episodes needs: zero actions, two executed per prediction."""
+    """The least run_episodes needs: zero actions, one env step's observation at a time."""
 
-    n_obs_steps = 1
+    needs_prediction = False
 
     def __init__(self, action_dim: int):
         self.action_dim = action_dim
@@ -66,11 +66,8 @@ class _ZeroPolicy:
     def reset(self):
         pass
 
-    def predict_action(self, obs):
-        return torch.zeros(obs["state"].shape[0], 2, self.action_dim)
-
-    def executed_actions(self, actions):
-        return actions
+    def select_action(self, obs):
+        return torch.zeros(len(obs["instruction"]), self.action_dim)
 
 
 @pytest.mark.parametrize(

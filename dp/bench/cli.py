@@ -12,6 +12,7 @@ BENCHMARKS = {
     "mode": "dp.bench.mode",
     "sampling": "dp.bench.sampling",
     "train_step": "dp.bench.train_step",
+    "versus": "dp.bench.versus",
 }
 
 
@@ -24,16 +25,21 @@ def main(argv: list[str] | None = None) -> None:
                              "written as <name>_cuda.json beside the CPU ones")
     parser.add_argument("--checkpoint", default=None,
                         help="mode: time a trained policy=mode checkpoint (its routes) instead of random weights")
+    parser.add_argument("--against", default=None,
+                        help="versus: another checkout to time batch-1 latency against, interleaved")
     args = parser.parse_args(argv)
-    names = args.names or list(BENCHMARKS)
+    names = args.names or [n for n in BENCHMARKS if n != "versus"]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.checkpoint and names != ["mode"]:
         parser.error("--checkpoint applies to the mode benchmark only: dp-bench mode --checkpoint PATH")
+    if (args.against is not None) != ("versus" in names):
+        parser.error("dp-bench versus --against PATH (and --against only with versus)")
     with user_errors_exit():
         for name in names:
             extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
+            extra.update({"against": args.against} if name == "versus" else {})
             importlib.import_module(BENCHMARKS[name]).main(device=args.device, **extra)
 
 

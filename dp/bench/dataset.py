@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dp.results import median_time, write_result
 from dp.data import ReplayBuffer, SequenceDataset
+from dp.results import median_time, write_result
 
 HORIZON, TO, TA = 16, 2, 8
 BATCH = 256

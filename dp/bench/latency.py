@@ -11,9 +11,9 @@ import time
 import numpy as np
 import torch
 
-from dp.results import result_name, sync, write_result
 from dp.data import Normalizer
 from dp.policies import DiTPolicy, MLPBCPolicy
+from dp.results import result_name, sync, write_result
 
 SHAPE_META = {"action": [4], "obs": {"state": [39]}}
 BASE = {"action_patch": 4}  # configs/policy/dit.yaml's default: 4 actions per token

@@ -38,12 +38,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dp.results import result_name, sync, write_result
 from dp.bench.traffic import MatmulReads
 from dp.core.moe import FusedExperts
 from dp.data import Normalizer
 from dp.policies import DiTPolicy
 from dp.policies.mode import MODE_DEFAULTS, MoDEPolicy
+from dp.results import result_name, sync, write_result
 
 INSTRUCTIONS = ["push the puck to the goal", "open the drawer"]
 SHAPE_META = {"action": [4], "obs": {"state": [39]}, "instructions": INSTRUCTIONS}

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp.results import result_name, write_result
 from dp.data import Normalizer
 from dp.eval.sweep import add_savings, cost_per_call, parse_spec
 from dp.policies import DiTPolicy
+from dp.results import result_name, write_result
 
 SPECS = ["ddim:10", "streaming:2", "streaming:4", "truncated:2", "ddim:2", "ddim:4", "dpm_solver_pp:2",
          "dpm_solver_pp:4", "flow euler:1", "flow euler:2", "flow euler:4"]

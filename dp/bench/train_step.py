@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dp.results import median_time, result_name, sync, write_result
 from dp.bench.latency import _policy
+from dp.results import median_time, result_name, sync, write_result
 from dp.train.ema import EMA
 from dp.train.schedule import param_groups
 

@@ -50,7 +50,6 @@ import torch
 from dp.control.robot import Robot
 from dp.control.telemetry import Telemetry
 from dp.errors import ConfigError
-from dp.eval.rollout import stack_obs
 
 log = logging.getLogger("dp.control")
 
@@ -273,7 +272,6 @@ class ControlLoop:
                 raise ConfigError(f"safe_action must have {self.low.shape[0]} values (the action size), "
                                  f"got {safe.shape[0]}.")
             self.safe_action = np.clip(safe, self.low, self.high)
-        self.obs_keys = list(policy.obs_encoder.keys) if hasattr(policy, "obs_encoder") else ["state"]
         self._stop_reason: str | None = None
 
     def request_stop(self, reason: str) -> None:
@@ -303,10 +301,14 @@ class ControlLoop:
         middle = (self.low + self.high) / 2  # nothing sent yet: the middle of the limits (0 where unbounded)
         return np.clip(np.where(np.isfinite(middle), middle, 0.0), self.low, self.high).astype(np.float32)
 
-    def _obs_batch(self, history: deque) -> dict:
-        obs = {k: torch.from_numpy(v) for k, v in stack_obs([history], self.obs_keys).items()}
-        obs["instruction"] = [self.robot.instruction]
-        return obs
+    def _fresh_history(self, obs: dict):
+        """The policy's observation history for a new episode, holding its first observation."""
+        history = self.policy.new_history()
+        self._observe(history, obs)
+        return history
+
+    def _observe(self, history, obs: dict) -> None:
+        history.push_one({**obs, "instruction": self.robot.instruction})
 
     def run(self) -> dict:
         """Run until max_ticks, a signal or too many consecutive misses; return the summary."""
@@ -381,10 +383,10 @@ class ControlLoop:
         return {"name": sampler.name, "steps": sampler.steps} if sampler is not None else None
 
     # -------------------------------------------------------------- the ticks
-    def _warmup(self, predictor: Predictor, history: deque) -> list[float]:
+    def _warmup(self, predictor: Predictor, history) -> list[float]:
         latencies = []
         for _ in range(self.cfg.warmup):
-            latencies.append(predictor.submit(self._obs_batch(history), count=False).result().latency_s)
+            latencies.append(predictor.submit(history.batch(), count=False).result().latency_s)
         return latencies[1:]  # the first call builds caches: not what later calls cost
 
     def _loop(self, predictor: Predictor, tel: Telemetry, blend: str) -> None:
@@ -394,7 +396,7 @@ class ControlLoop:
         queue = ActionQueue()
         obs = robot.observe()
         episode = robot.episode
-        history = deque([obs] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+        history = self._fresh_history(obs)
         latencies = deque(self._warmup(predictor, history), maxlen=LATENCY_WINDOW)
         new_episode = True  # reset the policy with the episode's first prediction
         job: _Job | None = None  # the prediction for the current episode, if one is running
@@ -457,12 +459,12 @@ class ControlLoop:
             nonlocal job, new_episode, t0, episode, history
             obs = robot.observe()
             episode = robot.episode
-            history = deque([obs] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+            history = self._fresh_history(obs)
             queue.clear()
             if job is not None:
                 stale.append(job.future)
             t_obs = time.perf_counter()
-            job = _Job(predictor.submit(self._obs_batch(history), None, reset=True), tick, 0, t_obs)
+            job = _Job(predictor.submit(history.batch(), None, reset=True), tick, 0, t_obs)
             new_episode = False
             try:
                 job.future.result(timeout=cfg.start_wait_s)
@@ -487,13 +489,13 @@ class ControlLoop:
             t_obs = time.perf_counter()
             if robot.episode != episode:
                 episode, new_episode = robot.episode, True
-                history = deque([obs] * policy.n_obs_steps, maxlen=policy.n_obs_steps)
+                history = self._fresh_history(obs)
                 queue.clear()
                 if job is not None:
                     stale.append(job.future)
                     job = None
             else:
-                history.append(obs)
+                self._observe(history, obs)
             inference_ms = harvest(i)
             queue.drop_before(i)
 
@@ -507,7 +509,7 @@ class ControlLoop:
                 if launch:
                     # what will really be sent meanwhile: the plan, clipped
                     committed = np.clip(queue.head(keep), self.low, self.high) if keep else None
-                    future = predictor.submit(self._obs_batch(history), committed, reset=new_episode)
+                    future = predictor.submit(history.batch(), committed, reset=new_episode)
                     job, new_episode = _Job(future, i, keep, t_obs), False
 
             if job is not None and not queue.has(i):

@@ -1,10 +1,9 @@
 """Roll a policy out in its task's simulated envs and measure it.
 
-Episodes run in lockstep batches of ``n_envs`` environments: one batched
-``predict_action`` call serves every live env, and its ``n_action_steps`` executed
-actions are applied before the next call. Observation history is kept per env
-(``n_obs_steps`` frames, the first frame repeated at episode start as
-diffusion_policy's MultiStepWrapper does).
+Episodes run in lockstep batches of ``n_envs`` environments, one batch row per env: each
+step every env's observation goes to ``policy.select_action``, which keeps the observation
+history (``n_obs_steps`` frames, the first repeated at episode start as diffusion_policy's
+MultiStepWrapper does) and predicts a chunk for all rows every ``n_action_steps`` steps.
 
 Seeds are ``EVAL_SEED_BASE + i``: disjoint from every collection seed by construction,
 and checked against the seeds a dataset records.
@@ -12,11 +11,9 @@ and checked against the seeds a dataset records.
 from __future__ import annotations
 
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from dp.constants import EVAL_SEED_BASE
@@ -33,15 +30,6 @@ def eval_seeds(n: int, avoid: set[int] | None = None, base: int = EVAL_SEED_BASE
     return seeds
 
 
-def stack_obs(histories: list[deque], keys: list[str]) -> dict[str, np.ndarray]:
-    """Per-env deques of obs dicts -> {key: [B, To, ...]}; images HWC -> CHW."""
-    out = {}
-    for k in keys:
-        arr = np.stack([np.stack([o[k] for o in h]) for h in histories])
-        out[k] = np.moveaxis(arr, -1, -3) if arr.ndim == 5 else arr
-    return out
-
-
 def run_episodes(
     policy,
     task: str,
@@ -53,11 +41,11 @@ def run_episodes(
     video_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Roll out ``policy`` on ``task`` once per seed. Returns per-episode results + latencies."""
+    """Roll out ``policy`` on ``task`` once per seed through ``policy.select_action`` (the policy keeps
+    the observation history). Returns per-episode results and the latency of each prediction."""
     import envs
 
     env_options = dict(env_options or {})
-    obs_keys = policy.obs_encoder.keys if hasattr(policy, "obs_encoder") else ["state"]
     episodes, latencies, frames_out = [], [], []
     fps = None  # the env's control rate (env.step calls per simulated second): videos play in real time
     bar = tqdm(total=len(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
@@ -67,45 +55,40 @@ def run_episodes(
         env_list = [envs.make(task, **env_options) for _ in batch_seeds]
         instruction = getattr(env_list[0].unwrapped, "instruction", "")
         fps = fps or env_fps(env_list[0])
-        hist, done, success, length = [], [False] * len(env_list), [False] * len(env_list), [0] * len(env_list)
-        nonfinite = [False] * len(env_list)  # the episode ended on a NaN/inf prediction (never sent to the env)
+        n = len(env_list)
+        done, success, length, nonfinite = [False] * n, [False] * n, [0] * n, [False] * n
         last_info: list[dict] = [{} for _ in env_list]
-        record = [lo + i < n_videos for i in range(len(env_list))]
+        record = [lo + i < n_videos for i in range(n)]
         frames = [[] for _ in env_list]
+        current = []  # each env's latest observation; a finished env keeps its last one
         for env, seed, rec, fr in zip(env_list, batch_seeds, record, frames):
-            obs, _ = env.reset(seed=seed)
-            hist.append(deque([obs] * policy.n_obs_steps, maxlen=policy.n_obs_steps))
+            current.append(env.reset(seed=seed)[0])
             if rec:
                 fr.append(env.render())
         limit = max_steps or min(getattr(e.unwrapped, "max_episode_steps", 10_000) or 10_000 for e in env_list)
         policy.reset()
+        # every env keeps its batch row for the whole episode (finished ones included, their actions
+        # unused): the policy holds per-row state (observation history, episode noise)
         while not all(done) and max(length) < limit:
-            # every env keeps its batch row for the whole episode (finished ones included, their
-            # actions unused): a policy may hold per-row state such as its episode noise
-            live = [i for i, d in enumerate(done) if not d]
-            obs = stack_obs(hist, obs_keys)
-            obs = {k: torch.from_numpy(v) for k, v in obs.items()}
-            obs["instruction"] = [instruction] * len(hist)
+            step = {k: np.stack([o[k] for o in current]) for k in current[0] if isinstance(current[0][k], np.ndarray)}
+            step["instruction"] = [instruction] * n
+            predicts = policy.needs_prediction
             t0 = time.perf_counter()
-            chunk = policy.executed_actions(policy.predict_action(obs)).float().cpu().numpy()
-            latencies.append(time.perf_counter() - t0)
-            finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
-            for i in live:
+            action = policy.select_action(step).float().cpu().numpy()
+            if predicts:
+                latencies.append(time.perf_counter() - t0)
+            finite = np.isfinite(action.reshape(n, -1)).all(axis=1)
+            for i in (i for i in range(n) if not done[i]):
                 if not finite[i]:  # a failure, reported; the env never receives it
                     nonfinite[i] = done[i] = True
                     continue
-                for a in chunk[i]:
-                    obs_i, _, terminated, truncated, info = env_list[i].step(a)
-                    hist[i].append(obs_i)
-                    last_info[i] = info
-                    length[i] += 1
-                    if record[i]:
-                        frames[i].append(env_list[i].render())
-                    if info.get("is_success", False):
-                        success[i] = True
-                    if terminated or truncated or length[i] >= limit:
-                        done[i] = True
-                        break
+                current[i], _, terminated, truncated, info = env_list[i].step(action[i])
+                last_info[i] = info
+                length[i] += 1
+                if record[i]:
+                    frames[i].append(env_list[i].render())
+                success[i] = success[i] or bool(info.get("is_success", False))
+                done[i] = bool(terminated or truncated or length[i] >= limit)
         for i, env in enumerate(env_list):
             scalars = {k: v for k, v in last_info[i].items() if isinstance(v, (bool, int, float, str, np.number))}
             episodes.append({**scalars, "seed": batch_seeds[i], "success": bool(success[i]), "length": length[i],

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dp.results import sync, write_result
+from dp.checkpoint import checkpoint_tasks, load_config, resolve
 from dp.errors import ConfigError
 from dp.eval.evaluate import evaluate_checkpoint
-from dp.eval.rollout import stack_obs
-from dp.checkpoint import checkpoint_tasks, load_config, resolve
 from dp.policies.registry import load_policy
+from dp.results import sync, write_result
 
 
 def parse_spec(spec: str) -> dict:
@@ -46,11 +44,10 @@ def real_obs(policy, task: str, env_options: dict, seed: int = 10**9) -> dict:
 
     env = envs.make(task, **env_options)
     obs, _ = env.reset(seed=seed)
-    keys = policy.obs_encoder.keys
-    batch = {k: torch.from_numpy(v) for k, v in stack_obs([deque([obs] * policy.n_obs_steps)], keys).items()}
-    batch["instruction"] = [getattr(env.unwrapped, "instruction", "")]
+    history = policy.new_history()
+    history.push_one({**obs, "instruction": getattr(env.unwrapped, "instruction", "")})
     env.close()
-    return batch
+    return history.batch()
 
 
 def cost_per_call(policy, obs: dict, repeats: int = 30) -> dict:

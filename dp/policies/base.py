@@ -1,9 +1,11 @@
 """The Policy interface every method implements (DESIGN.md, "Interfaces").
 
     loss = policy.compute_loss(batch)["loss"]        # batch from SequenceDataset, torch tensors
-    actions = policy.predict_action(obs)              # [B, H, A] env units, inference mode
-    action = policy.select_action(obs)                # [B, A]: pops a queue of n_action_steps
-    policy.reset()                                    # between episodes
+    actions = policy.predict_action(obs)              # obs [B, To, ...] -> [B, H, A] env units, inference mode
+    action = policy.select_action(step_obs)           # ONE env step's obs [B, ...] -> [B, A]; keeps its own
+                                                      # observation history and a queue of n_action_steps
+    history = policy.new_history()                    # the same history for callers that predict themselves
+    policy.reset()                                    # between episodes: history, queue, sampler state
     policy = Policy.from_checkpoint("runs/x/checkpoints/latest")
 
 A policy is rebuilt from its config alone: ``policy.config`` holds the constructor
@@ -19,7 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.data.normalizer import Normalizer
+from dp.policies.history import ObservationHistory
 
 
 class Policy(nn.Module):
@@ -32,6 +36,7 @@ class Policy(nn.Module):
         self.config = dict(config)
         self.normalizer = Normalizer()
         self._queue: collections.deque = collections.deque()
+        self._history: ObservationHistory | None = None
 
     # -------------------------------------------------------------- required
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -46,8 +51,10 @@ class Policy(nn.Module):
 
     # -------------------------------------------------------------- shared
     def reset(self) -> None:
-        """Clear per-episode state (the action queue; streaming buffers in subclasses)."""
+        """Clear per-episode state (observation history, action queue; sampler state in subclasses)."""
         self._queue.clear()
+        if self._history is not None:
+            self._history.clear()
 
     def set_normalizer(self, normalizer: Normalizer) -> None:
         missing = [k for k in self.normalized_keys() if k not in normalizer]
@@ -70,11 +77,30 @@ class Policy(nn.Module):
         start = self.n_obs_steps - 1
         return chunk[:, start : start + self.n_action_steps]
 
+    def new_history(self) -> ObservationHistory:
+        """An empty observation history in this policy's layout (its obs keys, cameras, To, and the
+        env keys each is made of: ``shape_meta["obs_keys"]``, the store keys it trained on)."""
+        enc = self.obs_encoder
+        store_keys = (self.config.get("shape_meta") or {}).get("obs_keys") or {}
+        sources = {name: [ENV_KEY_OF_STORE_KEY.get(s, s) for s in ([keys] if isinstance(keys, str) else keys)]
+                   for name, keys in store_keys.items()}
+        return ObservationHistory(enc.keys, getattr(enc, "cameras", []), self.n_obs_steps, sources)
+
+    @property
+    def needs_prediction(self) -> bool:
+        """The next ``select_action`` predicts a chunk (its queue of executed actions is empty)."""
+        return not self._queue
+
     @torch.inference_mode()
     def select_action(self, obs: dict) -> torch.Tensor:
-        """One action [B, A]; predicts a new chunk when the queue of executed actions is empty."""
+        """One env step's observation {key: [B, ...]} (images HWC, plus ``instruction``) -> the
+        next action [B, A]. Keeps the last To observations and predicts a new chunk when its
+        queue of executed actions is empty."""
+        if self._history is None:
+            self._history = self.new_history()
+        self._history.push(obs)
         if not self._queue:
-            self._queue.extend(self.executed_actions(self.predict_action(obs)).unbind(1))
+            self._queue.extend(self.executed_actions(self.predict_action(self._history.batch())).unbind(1))
         return self._queue.popleft()
 
     def obs_to_device(self, obs: dict) -> dict:

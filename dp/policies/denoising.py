@@ -154,7 +154,7 @@ class DenoisingPolicy(Policy):
         level-only terms of ``levels`` [S] (the sampler's grid) when given."""
         tokens = self.obs_encoder({k: obs[k] for k in self.obs_encoder.keys})
         if self.dit.cond_mode == "alternating":
-            per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, len(self.obs_encoder.keys), -1)
+            per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, self.obs_encoder.tokens_per_step, -1)
             tokens = [per_key[:, :, i] for i in range(per_key.shape[2])]
         if self.language is not None:
             lang = self.language(self._instructions(obs, tokens))[:, None]  # [B, 1, D]

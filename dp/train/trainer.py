@@ -45,23 +45,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def obs_keys_for(task_cfg) -> dict[str, str]:
-    """Batch obs name -> store key for a task config's ``obs`` mode."""
+def obs_keys_for(task_cfg) -> dict:
+    """Batch obs name -> store key(s): ``task.obs_keys`` when set (a list concatenates low-dim keys
+    or stacks cameras, e.g. ``{state: [agent_pos, object]}``), else the default of ``task.obs``."""
+    if task_cfg.get("obs_keys"):
+        keys = OmegaConf.to_container(task_cfg.obs_keys, resolve=True) if isinstance(
+            task_cfg.obs_keys, DictConfig) else dict(task_cfg.obs_keys)
+        bad = {k: v for k, v in keys.items() if not (isinstance(v, str) or (
+            isinstance(v, list) and v and all(isinstance(x, str) for x in v)))}
+        if bad:
+            raise ConfigError(f"task.obs_keys maps an observation name to a store key or a list of them; got {bad}.")
+        return keys
     obs = task_cfg.get("obs", "state")
     if obs == "state":
         return {"state": "state"}
     if obs == "image":  # camera + proprioception only: the full state would give the objects away
         return {"agent_pos": "agent_pos", "image": "img"}
-    raise ConfigError(f"task.obs must be 'state' or 'image', got {obs!r}.")
+    raise ConfigError(f"task.obs must be 'state' or 'image' (or set task.obs_keys), got {obs!r}.")
 
 
 def shape_meta_of(dataset: SequenceDataset) -> dict:
-    data = dataset.buffer.data
-    obs = {}
-    for name, key in dataset.obs_keys.items():
-        shape = list(data[key].shape[1:])
-        obs[name] = [shape[-1], *shape[:-1]] if len(shape) == 3 else shape
-    meta = {"action": list(data[dataset.action_key].shape[1:]), "obs": obs}
+    shapes = dataset.sample_shapes()  # images channels first
+    meta = {"action": shapes["action"], "obs": shapes["obs"], "obs_keys": dict(dataset.obs_keys)}
     if dataset.attrs.get("instructions"):  # task_id -> instruction, for language-conditioned policies
         meta["instructions"] = list(dataset.attrs["instructions"])
     return meta
