@@ -10,6 +10,7 @@ from dp.encoders.language import BuiltinTextEncoder, WordTokenizer, make_languag
 from dp.policies import Policy
 from dp.policies.mode import MoDEPolicy
 from dp.train.trainer import Trainer
+from text_helpers import tiny_local_text_model
 from train_helpers import TINY_DIT, toy_dataset, train_cfg
 
 INSTRUCTIONS = ["push the puck to the goal", "open the drawer", "press the button from the top"]
@@ -274,23 +275,8 @@ def test_swiglu_ffn_has_the_dense_mlps_parameters_and_one_expert_shape():
     assert action.shape == (3, 8, 2) and torch.isfinite(action).all()
 
 
-def _tiny_local_text_model(path):
-    """A randomly initialised 2-layer BERT and a word-level tokenizer saved to ``path``: the
-    layout a user's local CLIP/BERT directory has, made without any download."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *sorted({w for t in INSTRUCTIONS for w in t.split()})])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=32)
-    BertModel(cfg).save_pretrained(path)
-
-
 def test_pretrained_language_encoder_loads_a_local_model_frozen(tmp_path):
-    _tiny_local_text_model(tmp_path / "text")
+    tiny_local_text_model(tmp_path / "text", INSTRUCTIONS)
     enc = make_language_encoder({"encoder": "pretrained", "path": str(tmp_path / "text")}, INSTRUCTIONS, 16)
     out = enc(INSTRUCTIONS[:2])
     assert out.shape == (2, 16) and not torch.allclose(out[0], out[1])

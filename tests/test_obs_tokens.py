@@ -5,6 +5,7 @@ import torch
 from dp.encoders.language import make_language_encoder
 from dp.encoders.tokens import ImageTokens, ObservationTokens, StateTokens, Tokens, WordTokens
 from dp.errors import ConfigError
+from text_helpers import tiny_local_text_model
 
 D = 16
 SMALL = {"width": 8, "stages": 2}  # 32px images -> 4x4 feature maps
@@ -125,24 +126,9 @@ def test_builtin_word_tokens_mask_padding():
     assert lang.embed.weight.grad is not None
 
 
-def _tiny_local_text_model(path, texts):
-    """A randomly initialised 2-layer BERT + word-level tokenizer saved to ``path`` (no download)."""
-    pytest.importorskip("transformers")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", *sorted({w for t in texts for w in t.split()})])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(path)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=48, max_position_embeddings=32)
-    BertModel(cfg).save_pretrained(path)
-
-
 def test_pretrained_word_tokens_mask_padding(tmp_path):
     texts = ["push the block", "open the top drawer", "open the top drawer on the left side"]
-    _tiny_local_text_model(tmp_path / "text", texts)
+    tiny_local_text_model(tmp_path / "text", texts)
     lang = make_language_encoder({"encoder": "pretrained", "path": str(tmp_path / "text")}, texts, D)
     assert lang.token_dim == 24
     enc = WordTokens(lang, D)

@@ -33,6 +33,10 @@ Condition modes (``cond`` is what does not change across denoising steps):
 - ``cross``: every layer cross-attends to the condition tokens (K/V cached per layer).
 - ``alternating``: ``cond`` is a list of token groups; layer i cross-attends to group
   ``i % len(cond)`` (RDT: language on even layers, images on odd layers).
+
+``cond_mask`` (a bool tensor [B, M] per group, True = a real token) keeps padding (shorter
+instructions in a batch) out of every attention that reads condition tokens. Without it, or
+when it holds no False, attention runs unmasked, as before.
 """
 from __future__ import annotations
 
@@ -73,12 +77,25 @@ class ConditionCache:
     # level value -> (level_emb, per-block modulation tuples, final adaLN output), each [B or 1, 1, *]
     level_terms: dict[float, tuple] = field(default_factory=dict)
     step: int | None = None  # index of the current network call (set by the caller, read by the ffn)
+    # attention masks from cond_mask (None: nothing padded): for the prefix, [B, 1, 1, M] keys of the
+    # prefix; per layer for cross-attention, [B, 1, 1, M_group]
+    prefix_mask: torch.Tensor | None = None
+    cross_masks: list[torch.Tensor | None] = field(default_factory=list)
 
     def repeat(self, n: int) -> "ConditionCache":
         """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples)."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
         kv = lambda p: None if p is None else (rep(p[0]), rep(p[1]))  # noqa: E731
-        return ConditionCache([kv(p) for p in self.prefix_kv], [kv(p) for p in self.cross_kv], rep(self.context))
+        return ConditionCache([kv(p) for p in self.prefix_kv], [kv(p) for p in self.cross_kv], rep(self.context),
+                              prefix_mask=rep(self.prefix_mask), cross_masks=[rep(m) for m in self.cross_masks])
+
+    def self_mask(self, n: int) -> torch.Tensor | None:
+        """The mask for n denoised tokens attending to [prefix, themselves]: [B, 1, 1, M + n]."""
+        if self.prefix_mask is None:
+            return None
+        own = self.prefix_mask.new_ones(*self.prefix_mask.shape[:3], n)
+        return torch.cat([self.prefix_mask, own], dim=-1)
+
 
     def level_terms_for(self, level: torch.Tensor):
         """Precomputed terms when every token of every sample sits at one stored level, else None."""
@@ -90,6 +107,12 @@ class ConditionCache:
             return None
         return terms
 
+
+def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """[B, M] bool (True = real) -> [B, 1, 1, M] for scaled_dot_product_attention; None if nothing is padded."""
+    if mask is None or bool(mask.all()):
+        return None
+    return mask[:, None, None, :]
 
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ffn: nn.Module, norm: str = "layer", qk_norm: bool = False,
@@ -120,7 +143,7 @@ class DiTBlock(nn.Module):
         return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
 
     def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None,
-                mod: tuple | None = None, step: int | None = None):
+                mod: tuple | None = None, step: int | None = None, cross_mask=None):
         """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x).
 
         ``mod`` is ``self.modulation(c)`` when the caller precomputed it. Each modulation and
@@ -131,13 +154,13 @@ class DiTBlock(nn.Module):
             h, kv = self.attn(self.norm1(x) + mod[0], prefix_kv, mask)
             x = x + h
             if self.cross is not None:
-                x = x + self.cross(self.norm_x(x), cross_kv)
+                x = x + self.cross(self.norm_x(x), cross_kv, cross_mask)
             return x + self.ffn(self.norm2(x), level_emb, step), kv
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
         h, kv = self.attn(torch.addcmul(shift1, self.norm1(x), scale1), prefix_kv, mask)
         x = torch.addcmul(x, gate1, h)
         if self.cross is not None:
-            x = x + self.cross(self.norm_x(x), cross_kv)
+            x = x + self.cross(self.norm_x(x), cross_kv, cross_mask)
         x = torch.addcmul(x, gate2, self.ffn(torch.addcmul(shift2, self.norm2(x), scale2), level_emb, step))
         return x, kv
 
@@ -197,7 +220,8 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ condition
     def encode_condition(self, cond=None, context: torch.Tensor | None = None,
-                         levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
+                         levels: torch.Tensor | None = None, prefix_step: int | None = None,
+                         cond_mask=None) -> ConditionCache:
         """Run everything that does not depend on x, once per prediction.
 
         cond: [B, M, D] (prefix, cross) or a list of [B, M_i, D] (alternating).
@@ -207,6 +231,7 @@ class DiT(nn.Module):
         for the prefix tokens.
         prefix_step: the ffn's ``step`` in the prefix pass (``PREFIX_STEP`` when the caller
         has cached routes for it).
+        cond_mask: [B, M] bool per group (True = real token), or None (all real).
         """
         cache = ConditionCache(context=context)
         if levels is not None:
@@ -217,7 +242,14 @@ class DiT(nn.Module):
             cache.cross_kv = [None] * self.depth
             return cache
         groups = list(cond) if isinstance(cond, (list, tuple)) else [cond]
+        masks = list(cond_mask) if isinstance(cond_mask, (list, tuple)) else [cond_mask] * (cond_mask is not None)
+        if masks and len(masks) != len(groups):
+            raise ValueError(f"cond_mask needs one [B, M] mask per condition group ({len(groups)}), got {len(masks)}.")
+        masks = masks or [None] * len(groups)
+        whole = lambda: None if all(m is None for m in masks) else torch.cat(  # noqa: E731
+            [g.new_ones(g.shape[:2], dtype=torch.bool) if m is None else m for g, m in zip(groups, masks)], dim=1)
         if self.cond_mode == "prefix":
+            cache.prefix_mask = _key_mask(whole())
             if len(groups) != 1:
                 cond = torch.cat(groups, dim=1)
             else:
@@ -230,15 +262,16 @@ class DiT(nn.Module):
                 (level0, mods, _), c = terms, None
             h = cond
             for block, mod in zip(self.blocks, mods):
-                h, kv = block(h, c, level0, mod=mod, step=prefix_step)
+                h, kv = block(h, c, level0, mask=cache.prefix_mask, mod=mod, step=prefix_step)
                 cache.prefix_kv.append(kv)
             cache.cross_kv = [None] * self.depth
         else:
             if self.cond_mode == "cross" and len(groups) != 1:
-                groups = [torch.cat(groups, dim=1)]
+                groups, masks = [torch.cat(groups, dim=1)], [whole()]
             if self.cond_mode == "alternating" and len(groups) < 2:
                 raise ConfigError("cond_mode 'alternating' needs a list of >= 2 condition groups (e.g. [language, images]).")
             cache.cross_kv = [blk.cross_keys_values(groups[i % len(groups)]) for i, blk in enumerate(self.blocks)]
+            cache.cross_masks = [_key_mask(masks[i % len(masks)]) for i in range(self.depth)]
             cache.prefix_kv = [None] * self.depth
         return cache
 
@@ -269,15 +302,19 @@ class DiT(nn.Module):
                 c = level_emb + cache.context[:, None]
         if self.level_token:
             x = torch.cat([c[:, :1].expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
-        out = self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv, cache.step)
+        masks = (cache.self_mask(x.shape[1]), cache.cross_masks or [None] * self.depth)
+        out = self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv, cache.step, masks)
         return out[:, 1:] if self.level_token else out
 
-    def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv, step=None) -> torch.Tensor:
+    def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv, step=None,
+                   masks=(None, None)) -> torch.Tensor:
         """The blocks and the final modulation, on tensors only (no lookups, no host syncs), so
         that ``compile_blocks`` can hand it to torch.compile. ``mods``: per block, its
-        precomputed ``modulation`` or None (then computed from ``c``)."""
-        for block, pkv, ckv, mod in zip(self.blocks, prefix_kv, cross_kv, mods):
-            x, _ = block(x, c, level_emb, pkv, ckv, mod=mod, step=step)
+        precomputed ``modulation`` or None (then computed from ``c``). ``masks``: (self-attention
+        mask or None, per-layer cross-attention masks or None)."""
+        self_mask, cross_masks = masks
+        for block, pkv, ckv, mod, cmask in zip(self.blocks, prefix_kv, cross_kv, mods, cross_masks or [None] * self.depth):
+            x, _ = block(x, c, level_emb, pkv, ckv, mask=self_mask, mod=mod, step=step, cross_mask=cmask)
         if final_out is None:
             return self.final_norm(x)
         shift, scale = final_out.chunk(2, dim=-1)

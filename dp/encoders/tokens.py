@@ -192,9 +192,17 @@ class ObservationTokens(nn.Module):
             raise ConfigError(f"nothing to encode: shape_meta['obs'] is {obs} and no language is configured.")
 
     @property
+    def lowdim(self) -> list[str]:
+        return self.state.keys if self.state else []
+
+    @property
+    def cameras(self) -> list[str]:
+        return self.image_keys
+
+    @property
     def keys(self) -> list[str]:
         """The obs keys ``forward`` reads (plus "instruction" when language is configured)."""
-        return (self.state.keys if self.state else []) + self.image_keys
+        return self.lowdim + self.image_keys
 
     def forward(self, obs: dict, instructions: list[str] | None = None) -> dict[str, Tokens]:
         """obs: low-dim [B, To, S], images [B, To, (V,) 3, H, W], "instruction" (B strings,

@@ -25,6 +25,7 @@ from dp.core.moe import RouteCache, balance_loss, router_stats
 from dp.diffusion import make_sampler
 from dp.diffusion.protocol import check_pairing
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
+from dp.encoders.tokens import ObservationTokens, Tokens
 from dp.errors import ConfigError
 from dp.policies.base import Policy, inpaint
 
@@ -152,19 +153,36 @@ class DenoisingPolicy(Policy):
     def encode_obs(self, obs: dict, levels: torch.Tensor | None = None, prefix_step: int | None = None) -> ConditionCache:
         """Normalized obs -> the DiT's per-prediction condition cache (computed once), with the
         level-only terms of ``levels`` [S] (the sampler's grid) when given."""
+        if isinstance(self.obs_encoder, ObservationTokens):
+            return self._encode_token_groups(obs, levels, prefix_step)
         tokens = self.obs_encoder({k: obs[k] for k in self.obs_encoder.keys})
         if self.dit.cond_mode == "alternating":
             per_key = tokens.reshape(tokens.shape[0], self.n_obs_steps, self.obs_encoder.tokens_per_step, -1)
             tokens = [per_key[:, :, i] for i in range(per_key.shape[2])]
         if self.language is not None:
-            lang = self.language(self._instructions(obs, tokens))[:, None]  # [B, 1, D]
+            b = (tokens[0] if isinstance(tokens, list) else tokens).shape[0]
+            lang = self.language(self._instructions(obs, b))[:, None]  # [B, 1, D]
             tokens = [lang, *tokens] if isinstance(tokens, list) else torch.cat([lang, tokens], dim=1)
         return self.dit.encode_condition(tokens, levels=levels, prefix_step=prefix_step)
 
-    def _instructions(self, obs: dict, tokens) -> list[str]:
+    def _encode_token_groups(self, obs: dict, levels, prefix_step) -> ConditionCache:
+        """Token sequences with pad masks (``obs_tokens="sequence"``): language (a token per word),
+        state, image patches. Alternating cross-attention takes them as groups in that order;
+        prefix and cross take them concatenated. Padding never receives attention."""
+        enc = self.obs_encoder
+        b = next(iter(obs[k] for k in enc.keys)).shape[0]
+        texts = self._instructions(obs, b) if enc.language is not None else None
+        groups = enc({k: obs[k] for k in enc.keys}, instructions=texts)
+        order = [groups[g] for g in ("language", "state", "image") if g in groups]
+        if self.dit.cond_mode == "alternating":
+            return self.dit.encode_condition([t.x for t in order], levels=levels, prefix_step=prefix_step,
+                                             cond_mask=[t.mask for t in order])
+        whole = Tokens.cat(*order)
+        return self.dit.encode_condition(whole.x, levels=levels, prefix_step=prefix_step, cond_mask=whole.mask)
+
+    def _instructions(self, obs: dict, b: int) -> list[str]:
         """``obs["instruction"]`` (rollouts), else in training the dataset's instruction of each
-        sample's ``task_id`` (or its only one)."""
-        b = (tokens[0] if isinstance(tokens, list) else tokens).shape[0]
+        sample's ``task_id`` (or its only one); ``b`` is the batch size."""
         texts = obs.get("instruction")
         if texts is None and "task_id" in obs:
             texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]

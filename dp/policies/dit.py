@@ -19,6 +19,7 @@ from dp.core.moe import active_parameters, moe_ffn
 from dp.diffusion import GaussianProcess
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder
+from dp.encoders.tokens import ObservationTokens
 from dp.errors import ConfigError
 from dp.policies.anchors import AnchorPlugin, anchor_options
 from dp.policies.denoising import DenoisingPolicy
@@ -26,6 +27,9 @@ from dp.policies.denoising import DenoisingPolicy
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "eps", "train_steps": 100, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
 FFNS = ("dense", "swiglu", "moe")  # GELU MLP | SwiGLU of equal parameters | noise-routed SwiGLU experts
+# per_key: a token per (step, low-dim key or camera view) + one pooled language token (ObsEncoder);
+# sequence: token sequences with pad masks: a token per word, per (step, key), per image patch (ObservationTokens)
+OBS_TOKENS = ("per_key", "sequence")
 # ffn "moe": MoDE's defaults (4 SwiGLU experts, top-2, balance loss weight 0.01)
 DEFAULT_MOE = {"num_experts": 4, "top_k": 2, "shared_expert": False, "balance_weight": 0.01}
 # streaming.train_fraction: share of training samples whose levels are staggered by chunk (SDP: 0.8);
@@ -76,6 +80,7 @@ class DiTPolicy(DenoisingPolicy):
         moe: dict | None = None,
         streaming: dict | None = None,
         anchors: dict | None = None,
+        obs_tokens: str = "per_key",
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -89,11 +94,16 @@ class DiTPolicy(DenoisingPolicy):
         action_dim = int(shape_meta["action"][0])
         process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
         instructions = list(shape_meta.get("instructions") or [])
+        if obs_tokens not in OBS_TOKENS:
+            raise ConfigError(f"obs_tokens must be one of {OBS_TOKENS}, got {obs_tokens!r}.")
         # built in this order so that a seed gives the weights it gave before the composition
-        obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
+        if obs_tokens == "sequence":
+            obs_encoder = ObservationTokens(shape_meta, dim, n_obs_steps, image_encoder, language, instructions)
+        else:
+            obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
         dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, ffn=ffn_factory(ffn, moe),
                   level_cond=level_cond, level_token=level_token)
-        language = make_language_encoder(language, instructions, dim) if language else None
+        language = make_language_encoder(language, instructions, dim) if language and obs_tokens == "per_key" else None
         codec = ContinuousActionCodec(action_dim, dim, horizon, action_patch)
         plugins = {}
         if anchors["count"] > 0:
