@@ -2,17 +2,19 @@
 policy's help (streaming: its buffer; truncated: its anchors)."""
 from __future__ import annotations
 
+from dp.diffusion.masked import MaskedSampler
 from dp.diffusion.samplers import SAMPLERS, gaussian_sampler
 from dp.diffusion.streaming import StreamingSampler
 from dp.diffusion.truncated import TruncatedSampler
 from dp.errors import ConfigError
 
-POLICY_SAMPLERS = {"streaming": StreamingSampler, "truncated": TruncatedSampler}
+POLICY_SAMPLERS = {"streaming": StreamingSampler, "truncated": TruncatedSampler, "masked": MaskedSampler}
 
 
 def make_sampler(name: str, steps: int = 10, **options):
     """A sampler by name. ``options`` go to samplers that take them (streaming: ``base``;
-    truncated: ``level``, ``fallback_score``, ``fallback``, ``fallback_steps``)."""
+    truncated: ``level``, ``fallback_score``, ``fallback``, ``fallback_steps``; masked: ``temperature``,
+    ``remask``)."""
     if name in POLICY_SAMPLERS:
         return POLICY_SAMPLERS[name](steps, **options)
     if name not in SAMPLERS:

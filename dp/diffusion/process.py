@@ -159,6 +159,10 @@ class GaussianProcess:
         alpha, sigma = self.alpha_sigma(t)
         return _bcast(alpha, x0) * x0 + _bcast(sigma, x0) * noise
 
+    def model_level(self, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The per-token level the core sees: the noise level itself."""
+        return level
+
     def model_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the network sees: x_t, scaled by EDM's c_in under ``edm`` prediction."""
         if self.prediction != "edm":

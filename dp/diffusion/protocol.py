@@ -6,6 +6,7 @@ A policy composes a process with a codec, the core and a sampler; they meet only
     loss = process.loss(out, x0, aux, level, mask)     # per token, averaged where mask is True
     x = process.prior(shape)                           # the sampler's start (level 1)
     x0_hat = process.to_x0(out, x_t, level)            # the network's output -> clean estimate
+    core_level = process.model_level(x_t, level)       # what the core's per-token level input is
 
 ``kind`` names the family ("gaussian"; a masked discrete process is "masked"), and every
 sampler lists the kinds it supports in ``process_kinds``: ``check_pairing`` raises when a
@@ -36,6 +37,8 @@ class Process(Protocol):
     def to_x0(self, out: torch.Tensor, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...
 
     def model_input(self, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...
+
+    def model_level(self, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor: ...
 
 
 def check_pairing(sampler, process) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.data.normalizer import Normalizer
+from dp.errors import ConfigError
 from dp.policies.history import ObservationHistory
 
 
@@ -37,6 +38,7 @@ class Policy(nn.Module):
         self.normalizer = Normalizer()
         self._queue: collections.deque = collections.deque()
         self._history: ObservationHistory | None = None
+        self.instructions: list[str] = []  # the dataset's, by task_id (language-conditioned policies)
 
     # -------------------------------------------------------------- required
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -102,6 +104,22 @@ class Policy(nn.Module):
         if not self._queue:
             self._queue.extend(self.executed_actions(self.predict_action(self._history.batch())).unbind(1))
         return self._queue.popleft()
+
+    def _instructions(self, obs: dict, b: int) -> list[str]:
+        """``obs["instruction"]`` (rollouts), else in training the dataset's instruction of each
+        sample's ``task_id`` (or its only one); ``b`` is the batch size."""
+        texts = obs.get("instruction")
+        if texts is None and "task_id" in obs:
+            texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]
+        elif texts is None and len(self.instructions) == 1 and self.training:  # a single-task store
+            texts = self.instructions * b
+        if texts is None:
+            raise KeyError("this policy is conditioned on language: pass obs['instruction'], a list of B strings "
+                           "(dp-eval does this from the env's instruction).")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if len(texts) != b:
+            raise ConfigError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
+        return texts
 
     def obs_to_device(self, obs: dict) -> dict:
         """Observations as tensors on the policy's device (numpy accepted)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from dp.core import ConditionCache
@@ -60,6 +61,10 @@ class SampleContext:
 
     def prior(self) -> torch.Tensor:
         return self.policy.prior_sample(self.batch)
+
+    def network(self, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """The raw output (e.g. logits) at x_t: for samplers that need more than ``denoise``'s x0."""
+        return self.policy.network(x_t, level, self.cache)
 
     def plugin(self, name: str):
         if name not in self.policy.plugins:
@@ -118,7 +123,14 @@ class DenoisingPolicy(Policy):
         return ["action", *self.obs_encoder.lowdim]
 
     def fit_to_data(self, dataset) -> None:
-        """Trainer hook, after ``set_normalizer``: data-dependent setup of the plug-ins."""
+        """Trainer hook, after ``set_normalizer``: data-dependent setup of the codec (a discrete
+        codec's bins; the round-trip error is kept in ``codec_report``) and of the plug-ins."""
+        if hasattr(self.codec, "fit"):
+            actions = torch.as_tensor(dataset.get_batch(np.arange(len(dataset)))["action"]).float().to(self.device)
+            norm = self.normalizer.params["action"]
+            self.codec_report = self.codec.fit(self.normalizer.normalize("action", actions), norm.scale)
+            print(f"codec: {self.codec.bins} bins; decode(encode(a)) error per dimension, env units: "
+                  + ", ".join(f"{k} {[round(v, 4) for v in self.codec_report[k]]}" for k in ("max", "mean")))
         for plugin in self.plugins.values():
             plugin.fit_to_data(self, dataset)
 
@@ -180,24 +192,9 @@ class DenoisingPolicy(Policy):
         whole = Tokens.cat(*order)
         return self.dit.encode_condition(whole.x, levels=levels, prefix_step=prefix_step, cond_mask=whole.mask)
 
-    def _instructions(self, obs: dict, b: int) -> list[str]:
-        """``obs["instruction"]`` (rollouts), else in training the dataset's instruction of each
-        sample's ``task_id`` (or its only one); ``b`` is the batch size."""
-        texts = obs.get("instruction")
-        if texts is None and "task_id" in obs:
-            texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]
-        elif texts is None and len(self.instructions) == 1 and self.training:  # a single-task store
-            texts = self.instructions * b
-        if texts is None:
-            raise KeyError("this policy is conditioned on language: pass obs['instruction'], a list of B strings "
-                           "(dp-eval does this from the env's instruction).")
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        if len(texts) != b:
-            raise ConfigError(f"obs['instruction'] holds {len(texts)} strings for a batch of {b}.")
-        return texts
-
     def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
         """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]."""
+        level = self.process.model_level(x_t, level)
         return self.dit(self.codec.encode(self.process.model_input(x_t, level)), self.codec.token_levels(level),
                         cache=cache)
 
@@ -218,10 +215,11 @@ class DenoisingPolicy(Policy):
         return self._episode_noise.clone()
 
     def training_levels(self, b: int, device) -> torch.Tensor:
-        """[B, H]: one level per sample, or (``streaming.train_fraction``) chunk-staggered levels."""
+        """[B, N] per target element (action step, or token): one level per sample, or
+        (``streaming.train_fraction``) chunk-staggered levels."""
         if self.stream_fraction > 0:
             return staggered_training_levels(self.process, self.stream_layout, b, self.stream_fraction, device)
-        return self.process.sample_level((b,), device=device)[:, None].expand(b, self.horizon)
+        return self.process.sample_level((b,), device=device)[:, None].expand(b, self.codec.shape(b)[1])
 
     def denoiser(self, cache: ConditionCache, known=None, cached: bool = False):
         """The sampler's ``denoise(x_t, level) -> x0`` for one prediction: the network, the
@@ -239,6 +237,9 @@ class DenoisingPolicy(Policy):
         """(positions, normalized actions [B, k, A]) for ``committed``, or None."""
         if committed is None:
             return None
+        if self.codec.kind != "continuous":
+            raise ConfigError("committed actions are inpainted into continuous action chunks; this policy decodes "
+                              "discrete tokens. Use async_blend=ensemble with it.")
         committed = torch.as_tensor(committed, device=self.device).float()
         start = self.n_obs_steps - 1
         k = committed.shape[1] if committed.dim() == 3 else -1
@@ -253,7 +254,7 @@ class DenoisingPolicy(Policy):
         obs = self.normalize_obs(batch["obs"])
         if "task_id" in batch and "instruction" not in obs:
             obs["task_id"] = batch["task_id"]
-        x0 = self.normalizer.normalize("action", batch["action"].float())
+        x0 = self.codec.target(self.normalizer.normalize("action", batch["action"].float()))
         cache = self.encode_obs(obs)
         level = self.training_levels(x0.shape[0], x0.device)
         x_t, aux = self.process.corrupt(x0, level)
@@ -286,4 +287,4 @@ class DenoisingPolicy(Policy):
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         known = self._committed_slice(committed, b)
         ctx = SampleContext(self, self.denoiser(cache, known, cached), b, obs, cache, known)
-        return self.normalizer.unnormalize("action", self.sampler.generate(ctx))
+        return self.normalizer.unnormalize("action", self.codec.output(self.sampler.generate(ctx)))

@@ -45,6 +45,25 @@ def _options(name: str, given: dict | None, defaults: dict) -> dict:
     return options
 
 
+def obs_encoder_for(obs_tokens: str, shape_meta: dict, dim: int, n_obs_steps: int, image_encoder: dict | None,
+                    language: dict | None):
+    """The observation encoder ``obs_tokens`` names (per_key: ObsEncoder; sequence: ObservationTokens,
+    which then also encodes the instruction)."""
+    if obs_tokens not in OBS_TOKENS:
+        raise ConfigError(f"obs_tokens must be one of {OBS_TOKENS}, got {obs_tokens!r}.")
+    if obs_tokens == "sequence":
+        instructions = list(shape_meta.get("instructions") or [])
+        return ObservationTokens(shape_meta, dim, n_obs_steps, image_encoder, language, instructions)
+    return ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
+
+
+def pooled_language_for(obs_tokens: str, language: dict | None, shape_meta: dict, dim: int):
+    """The one-token instruction encoder of ``obs_tokens=per_key`` (None otherwise or without language)."""
+    if not language or obs_tokens != "per_key":
+        return None
+    return make_language_encoder(language, list(shape_meta.get("instructions") or []), dim)
+
+
 def ffn_factory(ffn: str, moe: dict):
     """The DiT block's feed-forward factory for ``ffn`` (dense | swiglu | moe)."""
     if ffn not in FFNS:
@@ -93,17 +112,11 @@ class DiTPolicy(DenoisingPolicy):
         anchors = anchor_options(anchors)
         action_dim = int(shape_meta["action"][0])
         process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
-        instructions = list(shape_meta.get("instructions") or [])
-        if obs_tokens not in OBS_TOKENS:
-            raise ConfigError(f"obs_tokens must be one of {OBS_TOKENS}, got {obs_tokens!r}.")
         # built in this order so that a seed gives the weights it gave before the composition
-        if obs_tokens == "sequence":
-            obs_encoder = ObservationTokens(shape_meta, dim, n_obs_steps, image_encoder, language, instructions)
-        else:
-            obs_encoder = ObsEncoder(shape_meta, dim, n_obs_steps, image_encoder)
+        obs_encoder = obs_encoder_for(obs_tokens, shape_meta, dim, n_obs_steps, image_encoder, language)
         dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, ffn=ffn_factory(ffn, moe),
                   level_cond=level_cond, level_token=level_token)
-        language = make_language_encoder(language, instructions, dim) if language and obs_tokens == "per_key" else None
+        language = pooled_language_for(obs_tokens, language, shape_meta, dim)
         codec = ContinuousActionCodec(action_dim, dim, horizon, action_patch)
         plugins = {}
         if anchors["count"] > 0:
