@@ -111,3 +111,30 @@ def test_tiny_ddvla_trains_on_toy_and_reloads(tmp_path):
         policy.set_sampler("ddim", 10)
     with pytest.raises(ValueError, match="committed actions are inpainted into continuous"):
         policy.predict_action({"state": torch.zeros(1, 2, 4)}, committed=np.zeros((1, 2, 2), np.float32))
+
+
+def test_ar_tokens_decodes_left_to_right_with_a_cache_equal_to_the_full_causal_pass(tmp_path):
+    from dp.data import Normalizer
+    from dp.policies.ddvla import ARTokensPolicy
+
+    torch.manual_seed(0)
+    policy = ARTokensPolicy({"action": [2], "obs": {"state": [4]}}, horizon=4, n_action_steps=2, dim=32, depth=2,
+                            heads=2, bins=8)
+    rng = np.random.default_rng(0)
+    policy.set_normalizer(Normalizer.fit({"action": rng.normal(size=(100, 2)), "state": rng.normal(size=(100, 4))}))
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    policy.eval()
+    obs = {"state": torch.randn(3, 2, 4)}
+    chunk = policy.predict_action(obs)
+    ids = policy.codec.quantize(policy.normalizer.normalize("action", chunk))
+    # greedy decoding: every token is the argmax of one full causal pass over the tokens before it
+    cache = policy.encode_obs(policy.normalize_obs(obs))
+    x_in, _ = policy.process.corrupt(ids, torch.zeros_like(ids, dtype=torch.float32))
+    logits = policy.network(x_in, torch.zeros(ids.shape), cache)
+    assert torch.equal(logits.argmax(-1), ids)
+    loss = policy.train().compute_loss({"obs": obs, "action": chunk})["loss"]
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="sampler 'masked' runs"):
+        policy.set_sampler("masked", 4)

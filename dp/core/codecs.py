@@ -122,6 +122,11 @@ class DiscreteActionCodec(nn.Module):
         tokens = self.embed(ids).view(ids.shape[0], self.horizon, self.action_dim, -1)
         return (tokens + self.step_pos + self.dim_pos).flatten(1, 2)
 
+    def encode_at(self, ids: torch.Tensor, position: int) -> torch.Tensor:
+        """Tokens [B, 1] placed at flat position ``position`` (step-major) -> [B, 1, D]."""
+        step, dim = divmod(position, self.action_dim)
+        return self.embed(ids) + self.step_pos[:, step] + self.dim_pos[:, 0, dim]
+
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         return self.head(h)
 

@@ -108,6 +108,13 @@ class ConditionCache:
         return terms
 
 
+def _cat_kv(a: KV | None, b: KV | None) -> KV | None:
+    """Two K/V pairs [B, heads, M, d] joined along the sequence (either may be None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return torch.cat([a[0], b[0]], dim=2), torch.cat([a[1], b[1]], dim=2)
+
+
 def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """[B, M] bool (True = real) -> [B, 1, 1, M] for scaled_dot_product_attention; None if nothing is padded."""
     if mask is None or bool(mask.all()):
@@ -277,8 +284,10 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ denoise
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond=None, context=None,
-                cache: ConditionCache | None = None) -> torch.Tensor:
-        """x [B, N, D], level [B, N] in [0, 1] -> [B, N, D]. Pass ``cache`` or ``cond``/``context``."""
+                cache: ConditionCache | None = None, causal: bool = False) -> torch.Tensor:
+        """x [B, N, D], level [B, N] in [0, 1] -> [B, N, D]. Pass ``cache`` or ``cond``/``context``.
+        ``causal``: token i of x attends to the condition and to tokens 0..i only (autoregressive
+        training; ``extend`` decodes such a model token by token)."""
         if level.shape != x.shape[:2]:
             raise ValueError(f"level must be [B, N] = {tuple(x.shape[:2])}, got {tuple(level.shape)}.")
         if cache is None:
@@ -302,9 +311,45 @@ class DiT(nn.Module):
                 c = level_emb + cache.context[:, None]
         if self.level_token:
             x = torch.cat([c[:, :1].expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
-        masks = (cache.self_mask(x.shape[1]), cache.cross_masks or [None] * self.depth)
+        self_mask = cache.self_mask(x.shape[1])
+        if causal:
+            if self.level_token:
+                raise ConfigError("causal decoding does not take a level token (level_token=false).")
+            self_mask = self._causal_mask(x.shape[1], x.shape[1], cache, x.device, self_mask)
+        masks = (self_mask, cache.cross_masks or [None] * self.depth)
         out = self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv, cache.step, masks)
         return out[:, 1:] if self.level_token else out
+
+    @staticmethod
+    def _causal_mask(n_new: int, n_seen: int, cache: ConditionCache, device, pad_mask=None) -> torch.Tensor:
+        """[B or 1, 1, n_new, M + n_seen]: every prefix key, and of the n_seen denoised tokens (the
+        last n_new of which are the queries) only those at or before the query."""
+        m = cache.prefix_kv[0][0].shape[2] if cache.prefix_kv and cache.prefix_kv[0] is not None else 0
+        q = torch.arange(n_seen - n_new, n_seen, device=device)[:, None]
+        own = torch.arange(n_seen, device=device)[None, :] <= q  # [n_new, n_seen]
+        mask = torch.cat([own.new_ones(n_new, m), own], dim=1)[None, None]
+        return mask if pad_mask is None else mask & pad_mask
+
+    def extend(self, x: torch.Tensor, level: torch.Tensor, cache: ConditionCache,
+               past: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """Causal decoding with a K/V cache: new tokens x [B, n, D] at levels [B, n] attend to the
+        condition, to every earlier token (``past``: per-layer K/V of them, None at the start) and
+        causally among themselves -> (out [B, n, D], the per-layer K/V of all tokens so far)."""
+        if self.level_token:
+            raise ConfigError("causal decoding does not take a level token (level_token=false).")
+        level_emb, c = self._level_embedding(level, cache.context)
+        n_seen = x.shape[1] + (past[0][0].shape[2] if past else 0)
+        mask = self._causal_mask(x.shape[1], n_seen, cache, x.device, cache.self_mask(n_seen))
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            earlier = _cat_kv(cache.prefix_kv[i], past[i] if past else None)
+            x, own = block(x, c, level_emb, earlier, cache.cross_kv[i], mask=mask,
+                           cross_mask=cache.cross_masks[i] if cache.cross_masks else None)
+            kvs.append(_cat_kv(past[i] if past else None, own))
+        if self.final_ada is None:
+            return self.final_norm(x), kvs
+        shift, scale = self.final_ada(c).chunk(2, dim=-1)
+        return modulate(self.final_norm(x), shift, scale), kvs
 
     def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv, step=None,
                    masks=(None, None)) -> torch.Tensor:

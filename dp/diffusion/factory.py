@@ -2,13 +2,15 @@
 policy's help (streaming: its buffer; truncated: its anchors)."""
 from __future__ import annotations
 
+from dp.diffusion.autoregressive import AutoregressiveSampler
 from dp.diffusion.masked import MaskedSampler
 from dp.diffusion.samplers import SAMPLERS, gaussian_sampler
 from dp.diffusion.streaming import StreamingSampler
 from dp.diffusion.truncated import TruncatedSampler
 from dp.errors import ConfigError
 
-POLICY_SAMPLERS = {"streaming": StreamingSampler, "truncated": TruncatedSampler, "masked": MaskedSampler}
+POLICY_SAMPLERS = {"streaming": StreamingSampler, "truncated": TruncatedSampler, "masked": MaskedSampler,
+                   "autoregressive": AutoregressiveSampler}
 
 
 def make_sampler(name: str, steps: int = 10, **options):

@@ -78,7 +78,8 @@ class DenoisingPolicy(Policy):
 
     def __init__(self, config: dict, *, shape_meta: dict, horizon: int, n_obs_steps: int, n_action_steps: int,
                  obs_encoder, language, codec, process, dit, sampler: dict, initial_noise: str = "call",
-                 stream_fraction: float = 0.0, balance_weight: float = 0.0, plugins: dict | None = None):
+                 stream_fraction: float = 0.0, balance_weight: float = 0.0, plugins: dict | None = None,
+                 causal: bool = False):
         super().__init__(config)
         if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
             raise ConfigError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
@@ -93,6 +94,7 @@ class DenoisingPolicy(Policy):
         self.instructions = list(shape_meta.get("instructions") or [])
         self.plugins = torch.nn.ModuleDict(plugins or {})
         self.initial_noise, self.stream_fraction, self.balance_weight = initial_noise, stream_fraction, balance_weight
+        self.causal = causal  # target tokens attend left to right (autoregressive decoding)
         self._episode_noise: torch.Tensor | None = None
         self.generator: torch.Generator | None = None  # set for reproducible sampling
         self.routes = RouteCache(self.dit, PREFIX_STEP)
@@ -196,7 +198,7 @@ class DenoisingPolicy(Policy):
         """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]."""
         level = self.process.model_level(x_t, level)
         return self.dit(self.codec.encode(self.process.model_input(x_t, level)), self.codec.token_levels(level),
-                        cache=cache)
+                        cache=cache, causal=self.causal)
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
         """Raw network output in the target's layout [B, H, A]."""

@@ -28,6 +28,7 @@ POLICIES: dict[str, str] = {
     "dp.policies.mode.MoDEPolicy": "dp.policies.mode",
     "dp.policies.mlp_bc.MLPBCPolicy": "dp.policies.mlp_bc",
     "dp.policies.ddvla.DDVLAPolicy": "dp.policies.ddvla",
+    "dp.policies.ddvla.ARTokensPolicy": "dp.policies.ddvla",
 }
 PLAIN_SCALARS = (type(None), bool, int, float, str)
 
