@@ -346,10 +346,7 @@ class DiT(nn.Module):
             x, own = block(x, c, level_emb, earlier, cache.cross_kv[i], mask=mask,
                            cross_mask=cache.cross_masks[i] if cache.cross_masks else None)
             kvs.append(_cat_kv(past[i] if past else None, own))
-        if self.final_ada is None:
-            return self.final_norm(x), kvs
-        shift, scale = self.final_ada(c).chunk(2, dim=-1)
-        return modulate(self.final_norm(x), shift, scale), kvs
+        return self._finish(x, self.final_ada(c) if self.final_ada is not None else None), kvs
 
     def run_blocks(self, x, c, level_emb, mods, final_out, prefix_kv, cross_kv, step=None,
                    masks=(None, None)) -> torch.Tensor:
@@ -360,6 +357,10 @@ class DiT(nn.Module):
         self_mask, cross_masks = masks
         for block, pkv, ckv, mod, cmask in zip(self.blocks, prefix_kv, cross_kv, mods, cross_masks or [None] * self.depth):
             x, _ = block(x, c, level_emb, pkv, ckv, mask=self_mask, mod=mod, step=step, cross_mask=cmask)
+        return self._finish(x, final_out)
+
+    def _finish(self, x: torch.Tensor, final_out: torch.Tensor | None) -> torch.Tensor:
+        """The final norm, modulated by ``final_out`` (adaLN's shift and scale) when there is one."""
         if final_out is None:
             return self.final_norm(x)
         shift, scale = final_out.chunk(2, dim=-1)
