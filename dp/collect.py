@@ -57,13 +57,14 @@ def collect(cfg: DictConfig | dict) -> dict:
         "seed_stride": SEED_STRIDE,
         "dp_version": dp.__version__,
     }
-    seeds, episode_seeds, episode_task, per_task = [], [], [], {}
+    seeds, episode_seeds, episode_task, per_task, embodiments = [], [], [], {}, []
     t0 = time.perf_counter()
     with GracefulInterrupt() as interrupt, atomic_store(output, overwrite=cfg.overwrite) as tmp:
         buffer = ReplayBuffer.create(tmp)
         for task_id, task in enumerate(tasks):
             env = envs.make(task, **env_options)
             expert = envs.expert(task)
+            embodiments.append(getattr(env.unwrapped, "embodiment", None))  # its unified-space map, if any
             kept = successes = attempts = 0
             bar = tqdm(total=cfg.n_episodes, desc=f"collect {task}", unit="ep", disable=not cfg.progress)
             while kept < cfg.n_episodes and attempts < attempts_cap:
@@ -76,8 +77,9 @@ def collect(cfg: DictConfig | dict) -> dict:
                 if not (ep.success or cfg.keep_failed):
                     continue
                 episode = {"state": ep.obs["state"].astype(np.float32), "action": ep.action}
-                if "agent_pos" in ep.obs:  # proprioception, what image policies read besides cameras
-                    episode["agent_pos"] = ep.obs["agent_pos"].astype(np.float32)
+                for key in ("agent_pos", "joint_pos"):  # proprioception (image policies read it besides cameras)
+                    if key in ep.obs:
+                        episode[key] = ep.obs[key].astype(np.float32)
                 if "image" in ep.obs:
                     episode["img"] = ep.obs["image"].astype(np.uint8)
                 for key in (k for k in ep.obs if k.endswith("_image")):  # extra cameras keep their names
@@ -107,6 +109,7 @@ def collect(cfg: DictConfig | dict) -> dict:
                 "seeds": seeds,
                 "episode_seeds": episode_seeds,
                 "episode_task": episode_task,
+                "embodiment": embodiments[0] if len(set(embodiments)) == 1 else None,
                 "episodes": buffer.n_episodes,
                 "steps": buffer.n_steps,
                 "collect_seconds": round(time.perf_counter() - t0, 2),

@@ -216,6 +216,7 @@ class MetaWorldEnv(gym.Env):
             raise EnvValueError(f"camera must be one of {cameras}, got {camera!r}.")
 
         self.proprio_dims = 4  # hand xyz + gripper opening: the first 4 numbers of state
+        self.embodiment = "metaworld"  # its unified-space map (dp/data/unified.py)
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float32)}
         obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
         if self.obs_mode == "image":

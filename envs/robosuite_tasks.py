@@ -112,6 +112,8 @@ EXPERTS = "envs.robosuite_experts"  # the registry finds expert() there (experts
 OBJECT_DIMS = {"rs_lift": 10, "rs_can": 14, "rs_square": 14, "rs_stack": 23, "rs_two_arm_lift": 19}
 TWO_ARM_CONFIGURATION = "parallel"
 CONTROL_FREQ = 20
+# robosuite robot -> the name of its unified-space map (dp/data/unified.py EMBODIMENTS)
+EMBODIMENT_OF_ROBOT = {"Panda": "panda", "Sawyer": "sawyer", "IIWA": "iiwa", "UR5e": "ur5e"}
 OPTIONS = ("obs", "robot", "image_size", "camera", "max_episode_steps", "render_size", "extra_cameras")
 
 # robosuite messages that carry no information for us: setup hints printed at import,
@@ -262,6 +264,12 @@ class RobosuiteEnv(gym.Env):
         self.proprio_dims = sum(n for _, n in self.state_keys[: 3 * self.n_arms])
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(self.state_dim,), dtype=np.float32)}
         obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
+        # arm joint positions (rad), robot0's then robot1's: the unified action space's joint slots
+        self.joint_dims = sum(int(np.asarray(raw[f"robot{i}_joint_pos"]).size) for i in range(self.n_arms))
+        obs_spaces["joint_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.joint_dims,), dtype=np.float32)
+        # the name of this robot's map into the unified space (dp/data/unified.py)
+        self.embodiment = "two_arm_panda" if self.n_arms == 2 and robot == "Panda" else \
+            EMBODIMENT_OF_ROBOT.get(robot) if self.n_arms == 1 else None
         if self.obs_mode == "image":
             for key in ["image", *(f"{c}_image" for c in self.extra_cameras)]:
                 obs_spaces[key] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
@@ -310,6 +318,8 @@ class RobosuiteEnv(gym.Env):
         state = np.concatenate([np.asarray(raw[k], dtype=np.float64).reshape(-1) for k, _ in self.state_keys])
         out = {"state": state.astype(np.float32)}
         out["agent_pos"] = out["state"][: self.proprio_dims].copy()
+        out["joint_pos"] = np.concatenate(
+            [np.asarray(raw[f"robot{i}_joint_pos"], np.float32) for i in range(self.n_arms)])
         if self.obs_mode == "image":
             out["image"] = self._frame(self.image_size)
             for cam in self.extra_cameras:

@@ -138,3 +138,26 @@ def test_ar_tokens_decodes_left_to_right_with_a_cache_equal_to_the_full_causal_p
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="sampler 'masked' runs"):
         policy.set_sampler("masked", 4)
+
+
+def test_resuming_a_ddvla_on_a_dataset_of_another_action_dimension_is_refused(tmp_path):
+    """The codec's bins and per-dimension embeddings are sized by the action dimension: a resume
+    onto a store with 3-D actions must stop with what differs, not a raw size-mismatch traceback."""
+    from dp.checkpoint import CheckpointError
+    from dp.data import ReplayBuffer
+
+    data = toy_dataset(tmp_path)
+    tiny = ["policy=ddvla", "policy.dim=32", "policy.depth=2", "policy.heads=2", "policy.horizon=8",
+            "policy.n_action_steps=4", "policy.bins=16"]
+    Trainer(train_cfg(data, tmp_path / "run", *tiny, "training.steps=2", "training.checkpoint_every=2")).run()
+
+    source = ReplayBuffer.open(data)
+    wider = ReplayBuffer.create(tmp_path / "wider.zarr")
+    wider.attrs.update(dict(source.attrs))
+    for i in range(source.n_episodes):
+        ep = source.get_episode(i)
+        ep["action"] = np.concatenate([ep["action"], ep["action"][:, :1] * 0.5], axis=1)
+        wider.add_episode(ep)
+    cfg = train_cfg(tmp_path / "wider.zarr", tmp_path / "run", *tiny, "training.steps=4", "resume=true")
+    with pytest.raises(CheckpointError, match=r"action: checkpoint \[2\], dataset \[3\].*resume=false"):
+        Trainer(cfg)

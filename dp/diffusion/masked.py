@@ -17,6 +17,12 @@ falls among the lowest and is masked again. Why this rule: it keeps MaskGIT's ex
 schedule (n masked after round r is fixed, so R rounds always finish), needs no threshold
 to tune, and revisits exactly the tokens the model now rates below fresh predictions.
 ``remask="none"`` never masks a decoded token again (MaskGIT).
+
+Temperature: 4.5 by default, MaskGIT's ``choice_temperature``. Ranking by log p alone favours
+the majority mode: of two sampled values for a token that decides the mode, the minority one
+has the lower log p, so it is kept less often than it was sampled (on the toy task, 150
+episodes: temperature 1 gave modes 24% / 76%, temperature 4.5 gave 41% / 59%, the
+demonstrations 38% / 62%, at the same 98% success).
 """
 from __future__ import annotations
 
@@ -86,7 +92,7 @@ class MaskedSampler:
     process_kinds = ("masked",)
     fixed_levels = False
 
-    def __init__(self, steps: int = 12, temperature: float = 1.0, remask: str = "lowest"):
+    def __init__(self, steps: int = 12, temperature: float = 4.5, remask: str = "lowest"):
         if steps < 1:
             raise ConfigError(f"masked: steps (rounds) must be >= 1, got {steps}.")
         if remask not in ("lowest", "none"):

@@ -114,15 +114,19 @@ def load_policy(path: str | os.PathLike, ema: bool = True, device="cpu"):
     weights = ckpt / ("ema.safetensors" if ema and (ckpt / "ema.safetensors").exists() else "weights.safetensors")
     state = load_tensors(weights)
     policy.normalizer = Normalizer.from_state_dict(state, prefix="normalizer.")
+    load_weights(policy, state, weights, "The weights and config.yaml come from different runs.")
+    policy.checkpoint_path = str(ckpt)
+    return policy.to(device).eval()
+
+
+def load_weights(policy, state: dict, source, advice: str) -> None:
+    """``policy.load_state_dict(state)``, strict, with a size or key mismatch raised as a
+    ``CheckpointError`` that names the first differing tensors, ``source`` and ``advice``."""
     try:
         missing, unexpected = policy.load_state_dict(state, strict=False)
     except RuntimeError as e:  # size mismatches
         lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
-        raise CheckpointError(f"{weights} does not match the policy its config builds: {'; '.join(lines[:3])}. "
-                              "The weights and config.yaml come from different runs.") from None
+        raise CheckpointError(f"{source} does not fit the policy: {'; '.join(lines[:3])}. {advice}") from None
     if missing or unexpected:
         raise CheckpointError(
-            f"{weights} does not match the policy its config builds: missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
-    policy.checkpoint_path = str(ckpt)
-    return policy.to(device).eval()
+            f"{source} does not fit the policy: missing {missing[:5]}, unexpected {unexpected[:5]}. {advice}")

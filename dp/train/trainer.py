@@ -24,12 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dp.checkpoint import (
-    LATEST, CheckpointError, has_checkpoints, load_train_state, newest_complete, save_checkpoint,
+    LATEST, CheckpointError, has_checkpoints, load_config, load_train_state, newest_complete, save_checkpoint,
 )
 from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.data.atomic import GracefulInterrupt
 from dp.errors import ConfigError, UserError
-from dp.policies.registry import build_policy
+from dp.policies.registry import build_policy, load_weights
 from dp.train.batches import StepBatches
 from dp.train.config_checks import check_train_config
 from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
@@ -192,10 +192,12 @@ class Trainer:
             if self.dist.main:
                 print(f"resume=true but no checkpoint under {self.ckpt_root}; starting from step 0")
             return
+        self._check_same_data(ckpt)
         weights, ema, state = load_train_state(ckpt)
-        self.policy.load_state_dict(weights)
+        advice = "Resume with the run's own config, or pass resume=false with a new output_dir."
+        load_weights(self.policy, weights, ckpt / "weights.safetensors", advice)
         if self.ema is not None and ema is not None:
-            self.ema.model.load_state_dict(ema)
+            load_weights(self.ema.model, ema, ckpt / "ema.safetensors", advice)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -203,6 +205,23 @@ class Trainer:
         self.wandb_id = state.get("wandb_id") or None
         if self.dist.main:
             print(f"resumed from {ckpt} at step {self.step}")
+
+    def _check_same_data(self, ckpt: Path) -> None:
+        """A resumed run must see data of the shapes it was built for: the action dimension sizes the
+        action codec (the discrete codec's bins and per-dimension embeddings, the continuous one's
+        projections), the observation shapes size the encoders."""
+        saved = (load_config(ckpt).get("policy") or {}).get("shape_meta") or {}
+        found = {"action": list(self.shape_meta["action"]),
+                 **{f"obs.{k}": list(v) for k, v in self.shape_meta["obs"].items()}}
+        expected = {"action": list(saved.get("action", [])),
+                    **{f"obs.{k}": list(v) for k, v in (saved.get("obs") or {}).items()}}
+        if saved and found != expected:
+            diff = [f"{k}: checkpoint {expected.get(k)}, dataset {found.get(k)}"
+                    for k in sorted(set(found) | set(expected)) if found.get(k) != expected.get(k)]
+            raise CheckpointError(
+                f"resume=true: {ckpt} was trained on data of other shapes than {self.cfg.task.dataset_path} "
+                f"({'; '.join(diff)}); its action codec and encoders cannot read this dataset. Resume with the "
+                "run's own task and dataset, or train this dataset into a new output_dir (resume=false).")
 
     # -------------------------------------------------------------- steps
     def _batch(self, idx) -> dict:
