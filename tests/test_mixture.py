@@ -2,23 +2,14 @@
 import numpy as np
 import pytest
 
-from dp.collect import collect
 from dp.data import DatasetError, ReplayBuffer
 from dp.data.mixture import MixtureDataset
 from dp.data.unified import EEF_LIN_VEL, GRIPPER_OPEN, LEFT_OFFSET, embodiment
 
 
-@pytest.fixture(scope="module")
-def stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixture")
-    out = {}
-    for task, opts, n in [("rs_lift", {"robot": "UR5e"}, 3), ("rs_two_arm_lift", {}, 2), ("mw_reach", {}, 4)]:
-        path = root / f"{task}.zarr"
-        collect({"task": {"name": task, "env": task, "env_options": opts}, "n_episodes": n, "obs": "state",
-                 "image_size": None, "output": str(path), "seed": 0, "keep_failed": False,
-                 "max_attempts_factor": 2, "overwrite": False, "progress": False})
-        out[task] = path
-    return out
+@pytest.fixture
+def stores(mixture_stores):
+    return mixture_stores
 
 
 def _sources(stores, weights=(1.0, 1.0, 1.0)):
@@ -63,9 +54,7 @@ def test_sources_are_drawn_at_their_weights(stores):
 def test_normalizer_is_per_embodiment_and_keeps_masked_slots_at_zero(stores):
     data = MixtureDataset(_sources(stores), horizon=8, n_obs_steps=2, n_action_steps=4)
     norm = data.fit_normalizer()
-    assert sorted(norm.keys()) == sorted(
-        [f"{k}__{e}" for k in ("state", "action") for e in data.embodiments]
-        + [f"object__{s['name']}" for s in data.sources])
+    assert sorted(norm.keys()) == sorted(f"{k}__{e}" for k in ("state", "action", "object") for e in data.embodiments)
     batch = data.get_batch(np.arange(len(data)))
     for e, name in enumerate(data.embodiments):
         rows = batch["embodiment"] == e
@@ -92,3 +81,13 @@ def test_bad_mixtures_are_clear_errors(stores, tmp_path):
     buf.attrs["embodiment"] = "sawyer"
     with pytest.raises(DatasetError, match=r"collected with embodiment 'sawyer'.*gives it 'ur5e'"):
         MixtureDataset([{"path": copy, "embodiment": "ur5e"}], horizon=8, n_obs_steps=2, n_action_steps=4)
+
+
+def test_validation_split_reads_held_out_episodes_of_each_source(stores):
+    data = MixtureDataset(_sources(stores), horizon=8, n_obs_steps=2, n_action_steps=4, val_ratio=0.4, seed=0)
+    val = data.get_validation_dataset()
+    assert 0 < len(val) and len(val) + len(data) > len(data)
+    for d, v in zip(data.datasets, val.datasets):  # held-out episodes are not training ones
+        assert not (d.episode_mask & v.episode_mask).any()
+    batch = val.get_batch(np.arange(len(val)))
+    assert set(np.unique(batch["source"])) == {i for i, v in enumerate(val.datasets) if len(v)}

@@ -21,6 +21,13 @@ every token before self-attention and the ffn reads the pre-normed residual::
     x = x + SelfAttn(norm1(x) + c ; prefix K/V)
     x = x + FFN(norm2(x), level_emb)                       # the official code's block
                                                            # overwrites x with norm2(x); not here
+``level_cond="token"`` is RDT's block: nothing level-dependent inside the block; the level
+reaches the tokens only through the level token (``level_token=True`` required)::
+
+    x = x + SelfAttn(norm1(x) ; prefix K/V)                # RMSNorm + QK-norm in RDT
+    x = x + CrossAttn(norm_x(x), cond K/V)
+    x = x + FFN(norm2(x))
+
 ``level_token=True`` prepends c as a token to the denoised tokens (MoDE's noise token);
 it is dropped from the output. The ffn also gets ``step``, the index of the network call
 within a prediction (``ConditionCache.step``), which a mixture of experts uses to look up
@@ -51,7 +58,7 @@ from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, SwiGLU, make_
 from dp.errors import ConfigError
 
 COND_MODES = ("prefix", "cross", "alternating")
-LEVEL_CONDS = ("adaln", "add")
+LEVEL_CONDS = ("adaln", "add", "token")  # adaLN-Zero (DiT) | added (MoDE) | token only (RDT)
 PREFIX_STEP = -1  # the ffn's ``step`` in the prefix pass of ``encode_condition`` (level 0)
 
 # ffn factory: (dim, hidden, layer_index) -> module with forward(x, level_emb, step=None)
@@ -133,6 +140,7 @@ class DiTBlock(nn.Module):
         self.norm_x = make_norm(norm, dim) if cross else None
         self.cond_norm = make_norm(norm, dim) if cross else None
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim)) if level_cond == "adaln" else None
+        self.add_level = level_cond == "add"
         if self.ada is not None:
             nn.init.zeros_(self.ada[1].weight)
             nn.init.zeros_(self.ada[1].bias)
@@ -157,8 +165,8 @@ class DiTBlock(nn.Module):
         gated residual is one fused ``addcmul``: at batch 1 the per-op cost, not the
         arithmetic, is what a denoising step spends its time on."""
         mod = self.modulation(c) if mod is None else mod
-        if self.ada is None:  # level_cond "add"
-            h, kv = self.attn(self.norm1(x) + mod[0], prefix_kv, mask)
+        if self.ada is None:  # level_cond "add" (c added before attention) or "token" (c not read here)
+            h, kv = self.attn(self.norm1(x) + mod[0] if self.add_level else self.norm1(x), prefix_kv, mask)
             x = x + h
             if self.cross is not None:
                 x = x + self.cross(self.norm_x(x), cross_kv, cross_mask)
@@ -196,6 +204,9 @@ class DiT(nn.Module):
             raise ConfigError(f"cond_mode must be one of {COND_MODES}, got {cond_mode!r}.")
         if level_cond not in LEVEL_CONDS:
             raise ConfigError(f"level_cond must be one of {LEVEL_CONDS}, got {level_cond!r}.")
+        if level_cond == "token" and not level_token:
+            raise ConfigError("level_cond 'token' (RDT's block) reads the level only through the level token; "
+                              "set level_token=true.")
         self.dim, self.depth, self.cond_mode = dim, depth, cond_mode
         self.level_cond, self.level_token = level_cond, level_token
         self.level_emb = LevelEmbedding(dim)

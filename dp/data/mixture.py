@@ -23,8 +23,9 @@ any sampler over ``range(len(self))`` (dp's StepBatches included) draws the sour
 weights and resumes exactly.
 
 Normalization (``fit_normalizer``): one set of statistics per embodiment for ``state`` and
-``action`` (keys ``state__<embodiment>``, ``action__<embodiment>``), and per source for
-``object`` (``object__<source>``): object layouts differ between tasks of one robot.
+``action`` and ``object`` (keys ``state__<embodiment>``, ``action__<embodiment>``,
+``object__<embodiment>``), so a deployed policy needs to know only its robot. Two sources of one
+embodiment with different object layouts (two tasks) share the object statistics.
 """
 from __future__ import annotations
 
@@ -112,21 +113,28 @@ class MixtureDataset:
                                f"raise it to at least {widest}.")
         self._masks = [(embodiment(s["embodiment"]).state_mask(), embodiment(s["embodiment"]).action_mask(),
                         np.arange(self.object_dim) < n) for s, n in zip(self.sources, self.object_dims)]
+        per_source = [list(d.attrs.get("instructions") or []) for d in self.datasets]
+        missing = [s["path"] for s, texts in zip(self.sources, per_source) if not texts]
+        if missing:
+            raise DatasetError(f"{missing} record no task instructions (attrs['instructions']); a mixture needs them "
+                               "to tell its tasks apart. Collect with dp-collect, which records them.")
+        self._instruction_offsets = np.cumsum([0] + [len(t) for t in per_source])[:-1]
         self.attrs = {"tasks": [t for d in self.datasets for t in (d.attrs.get("tasks") or [])],
-                      "instructions": [i for d in self.datasets for i in (d.attrs.get("instructions") or [])],
-                      "sources": self.sources}
+                      "instructions": [t for texts in per_source for t in texts], "sources": self.sources,
+                      "seeds": [x for d in self.datasets for x in (d.attrs.get("seeds") or [])]}
         self._build_index()
 
     # -------------------------------------------------------------- index
-    def _build_index(self) -> None:
+    def _build_index(self, validation: bool = False) -> None:
         lengths = np.array([len(d) for d in self.datasets])
         empty = [s["path"] for s, n in zip(self.sources, lengths) if n == 0]
-        if empty:
+        if empty and not validation:
             raise DatasetError(f"{empty} give no training windows (too few or too short episodes for horizon "
                                f"{self.horizon}); collect more episodes or drop them from task.datasets.")
-        w = np.array([s["weight"] for s in self.sources])
+        w = np.array([s["weight"] for s in self.sources]) * (lengths > 0)  # a validation split may lack a source
         total = int(lengths.sum())
-        self.shares = np.maximum(1, np.round(w / w.sum() * total)).astype(np.int64)
+        self.shares = np.zeros(len(w), np.int64) if total == 0 else \
+            np.where(lengths > 0, np.maximum(1, np.round(w / w.sum() * total)), 0).astype(np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.shares)])
         rng = np.random.default_rng(self.datasets[0].seed)
         # share slot j of source i -> window order[j % len]: every window before any repeats
@@ -152,7 +160,7 @@ class MixtureDataset:
         val = object.__new__(MixtureDataset)
         val.__dict__.update(self.__dict__)
         val.datasets = [d.get_validation_dataset() for d in self.datasets]
-        val._build_index()
+        val._build_index(validation=True)
         return val
 
     # -------------------------------------------------------------- samples
@@ -167,17 +175,17 @@ class MixtureDataset:
         out = {
             "obs": {"state": state, "object": obj, **{k: obs[k] for k in self.cameras}},
             "action": emb.action_to_unified(batch["action"]).astype(np.float32),
-            "state_mask": np.broadcast_to(s_mask, (n, UNIFIED_DIM)),
-            "action_mask": np.broadcast_to(a_mask, (n, UNIFIED_DIM)),
-            "object_mask": np.broadcast_to(o_mask, (n, self.object_dim)),
+            "state_mask": np.tile(s_mask, (n, 1)),
+            "action_mask": np.tile(a_mask, (n, 1)),
+            "object_mask": np.tile(o_mask, (n, 1)),
             "embodiment": np.full(n, self.embodiments.index(emb.name), np.int64),
             "source": np.full(n, i, np.int64),
             "control_hz": np.full(n, emb.control_hz, np.float32),
             "pad_mask": {"state": batch["pad_mask"]["agent_pos"], "object": batch["pad_mask"]["state"],
                          "action": batch["pad_mask"]["action"], **{k: batch["pad_mask"][k] for k in self.cameras}},
         }
-        if "task_id" in batch:
-            out["task_id"] = batch["task_id"]
+        # an index into attrs["instructions"], which lists every source's instructions in order
+        out["task_id"] = self._instruction_offsets[i] + batch.get("task_id", np.zeros(n, np.int64))
         return out
 
     def get_batch(self, idx) -> dict:
@@ -204,8 +212,8 @@ class MixtureDataset:
 
     # -------------------------------------------------------------- normalization
     def fit_normalizer(self, mode: str = "limits") -> Normalizer:
-        """Statistics per embodiment (state, action) and per source (object), over each split's
-        steps; slots outside a mask are 0 and stay 0."""
+        """Statistics per embodiment (state, action, object), over each split's steps; slots
+        outside a mask are 0 and stay 0."""
         arrays: dict[str, list[np.ndarray]] = {}
         for i, (d, s) in enumerate(zip(self.datasets, self.sources)):
             emb = embodiment(s["embodiment"])
@@ -219,7 +227,7 @@ class MixtureDataset:
             arrays.setdefault(f"action__{emb.name}", []).append(emb.action_to_unified(data["action"][steps]))
             obj = np.zeros((len(steps), self.object_dim))
             obj[:, : self.object_dims[i]] = data["state"][steps][:, emb.agent_pos_dim:]
-            arrays[f"object__{s['name']}"] = [obj]
+            arrays.setdefault(f"object__{emb.name}", []).append(obj)
         return Normalizer.fit({k: np.concatenate(v) for k, v in arrays.items()}, mode=mode)
 
 

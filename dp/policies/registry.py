@@ -29,6 +29,7 @@ POLICIES: dict[str, str] = {
     "dp.policies.mlp_bc.MLPBCPolicy": "dp.policies.mlp_bc",
     "dp.policies.ddvla.DDVLAPolicy": "dp.policies.ddvla",
     "dp.policies.ddvla.ARTokensPolicy": "dp.policies.ddvla",
+    "dp.policies.rdt.RDTPolicy": "dp.policies.rdt",
 }
 PLAIN_SCALARS = (type(None), bool, int, float, str)
 

@@ -27,6 +27,7 @@ from dp.checkpoint import (
     LATEST, CheckpointError, has_checkpoints, load_config, load_train_state, newest_complete, save_checkpoint,
 )
 from dp.data import DatasetError, SequenceDataset, collate_batch
+from dp.data.mixture import MixtureDataset
 from dp.data.atomic import GracefulInterrupt
 from dp.errors import ConfigError, UserError
 from dp.policies.registry import build_policy, load_weights
@@ -64,15 +65,28 @@ def obs_keys_for(task_cfg) -> dict:
     raise ConfigError(f"task.obs must be 'state' or 'image' (or set task.obs_keys), got {obs!r}.")
 
 
-def shape_meta_of(dataset: SequenceDataset) -> dict:
+def shape_meta_of(dataset: SequenceDataset | MixtureDataset) -> dict:
     shapes = dataset.sample_shapes()  # images channels first
+    if isinstance(dataset, MixtureDataset):  # unified space: the embodiments index the normalizers
+        meta = {"action": shapes["action"], "obs": shapes["obs"], "embodiments": shapes["embodiments"],
+                "sources": [{k: s[k] for k in ("name", "embodiment")} for s in dataset.sources]}
+        if dataset.attrs.get("instructions"):
+            meta["instructions"] = list(dataset.attrs["instructions"])
+        return meta
     meta = {"action": shapes["action"], "obs": shapes["obs"], "obs_keys": dict(dataset.obs_keys)}
     if dataset.attrs.get("instructions"):  # task_id -> instruction, for language-conditioned policies
         meta["instructions"] = list(dataset.attrs["instructions"])
     return meta
 
 
-def open_dataset(cfg) -> SequenceDataset:
+def open_dataset(cfg) -> SequenceDataset | MixtureDataset:
+    p = cfg.policy
+    if cfg.task.get("datasets"):  # a mixture of stores and embodiments in the unified space
+        return MixtureDataset(
+            OmegaConf.to_container(cfg.task.datasets, resolve=True), horizon=p.horizon, n_obs_steps=p.n_obs_steps,
+            n_action_steps=p.n_action_steps, object_dim=cfg.task.get("object_dim"),
+            cameras=OmegaConf.to_container(cfg.task.cameras, resolve=True) if cfg.task.get("cameras") else None,
+            val_ratio=cfg.training.val_ratio, seed=cfg.seed, max_train_episodes=cfg.training.get("max_train_episodes"))
     path = Path(cfg.task.dataset_path)
     if not path.exists():
         obs = cfg.task.get("obs", "state")
@@ -80,7 +94,6 @@ def open_dataset(cfg) -> SequenceDataset:
             f"No dataset at {path}. Make it with:\n  dp-collect task={cfg.task.name} n_episodes=100 obs={obs} "
             f"output={path}"
         )
-    p = cfg.policy
     dataset = SequenceDataset(
         path, horizon=p.horizon, n_obs_steps=p.n_obs_steps, n_action_steps=p.n_action_steps,
         obs_keys=obs_keys_for(cfg.task), val_ratio=cfg.training.val_ratio, seed=cfg.seed,
