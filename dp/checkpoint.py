@@ -203,10 +203,26 @@ def load_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
+def checkpoint_rollouts(cfg: dict) -> list[dict]:
+    """What to roll a checkpoint out in: ``[{label, task, env_options, embodiment}]``. A mixture
+    checkpoint (trained on ``task.datasets``) gives one entry per source and task, labelled
+    ``task[embodiment]`` and driven through that robot's unified-space map; any other checkpoint
+    gives its tasks with ``embodiment`` None."""
+    sources = (cfg.get("dataset_attrs") or {}).get("sources")
+    if sources:
+        return [{"label": f"{t}[{s['embodiment']}]", "task": t, "env_options": dict(s.get("env_options") or {}),
+                 "embodiment": s["embodiment"]} for s in sources for t in s["tasks"]]
+    tasks, env_options = checkpoint_tasks(cfg)
+    return [{"label": t, "task": t, "env_options": env_options, "embodiment": None} for t in tasks]
+
+
 def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
     """The env tasks a checkpoint was trained on (its dataset's, else its task config's) and
     their env options: what dp-eval, dp-control and the sampler sweep roll it out in."""
     attrs = cfg.get("dataset_attrs", {}) or {}
+    if attrs.get("sources"):
+        raise CheckpointError("this checkpoint was trained on a mixture of robots (task.datasets); dp-eval rolls it "
+                              "out on each of them, but this command takes single-robot checkpoints only so far.")
     return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs.get("env_options") or {})
 
 

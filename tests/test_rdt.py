@@ -50,6 +50,18 @@ def test_tiny_rdt_trains_on_three_robots_and_drives_each(stores, tmp_path):
         assert emb.action_from_unified(chunk[row].numpy()).shape == (8, emb.action_dim)
 
 
+def test_one_evaluation_reports_every_robot_of_the_mixture(stores, tmp_path):
+    from dp.eval.evaluate import evaluate_checkpoint
+
+    Trainer(mixture_cfg(stores, tmp_path / "run", *TINY, "training.steps=2")).run()
+    summary = evaluate_checkpoint(str(tmp_path / "run"), n_episodes=2, n_envs=2, n_videos=0, max_steps=12,
+                                  progress=False)
+    assert sorted(summary["per_task"]) == ["mw_reach[metaworld]", "rs_lift[ur5e]", "rs_two_arm_lift[two_arm_panda]"]
+    assert all(v["episodes"] == 2 and v["nonfinite_episodes"] == 0 for v in summary["per_task"].values())
+    # the two arms were driven: 12 steps each, as the env's 14-d action space takes them
+    assert all(e["length"] == 12 for e in summary["per_task"]["rs_two_arm_lift[two_arm_panda]"]["episode_results"])
+
+
 def test_condition_keys_and_values_are_computed_once_per_prediction(stores, tmp_path):
     """DPM-Solver++ 5 steps calls the network 5 times; the language and observation K/V
     projections run once per layer per prediction, not once per step."""

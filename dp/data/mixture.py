@@ -120,7 +120,11 @@ class MixtureDataset:
                                "to tell its tasks apart. Collect with dp-collect, which records them.")
         self._instruction_offsets = np.cumsum([0] + [len(t) for t in per_source])[:-1]
         self.attrs = {"tasks": [t for d in self.datasets for t in (d.attrs.get("tasks") or [])],
-                      "instructions": [t for texts in per_source for t in texts], "sources": self.sources,
+                      "instructions": [t for texts in per_source for t in texts],
+                      # what an evaluation rolls out per source: its tasks, env options and robot
+                      "sources": [{**s, "tasks": list(d.attrs.get("tasks") or [d.attrs.get("task")]),
+                                   "env_options": dict(d.attrs.get("env_options") or {})}
+                                  for s, d in zip(self.sources, self.datasets)],
                       "seeds": [x for d in self.datasets for x in (d.attrs.get("seeds") or [])]}
         self._build_index()
 

@@ -9,7 +9,7 @@ import torch
 from dp.errors import ConfigError
 from dp.eval.plots import latency_histogram
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
-from dp.checkpoint import checkpoint_tasks, load_config, resolve
+from dp.checkpoint import checkpoint_rollouts, load_config, resolve
 from dp.policies.registry import load_policy
 
 
@@ -28,15 +28,16 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
     if sampler:
         policy.set_sampler(**sampler)  # name, steps and any sampler options
     policy.generator = torch.Generator(device=device).manual_seed(seed)
-    tasks, env_options = checkpoint_tasks(cfg)
     seeds = eval_seeds(n_episodes)
     if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
         raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.constants.EVAL_SEED_BASE")
-    results = [
-        run_episodes(policy, task, seeds, env_options, n_envs=n_envs, max_steps=max_steps, n_videos=n_videos,
-                     video_dir=out / "videos", progress=progress)
-        for task in tasks
-    ]
+    results = []
+    for r in checkpoint_rollouts(cfg):  # a mixture checkpoint: every source's robot, reported per robot
+        actor = policy.driver(r["embodiment"]) if r["embodiment"] else policy
+        result = run_episodes(actor, r["task"], seeds, r["env_options"], n_envs=n_envs, max_steps=max_steps,
+                              n_videos=n_videos, video_dir=out / "videos" / r["label"] if r["embodiment"] else
+                              out / "videos", progress=progress)
+        results.append({**result, "task": r["label"]})
     summary = summarize(results)
     per_task = [v["success_rate"] for v in summary["per_task"].values()]
     summary.update({

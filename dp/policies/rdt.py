@@ -215,3 +215,78 @@ class RDTPolicy(DenoisingPolicy):
         out = self._per_embodiment("action", self.codec.output(self.sampler.generate(ctx)), obs["embodiment"].long(),
                                    inverse=True)
         return out * cache.action_valid[:, None]
+
+    def driver(self, name: str) -> "EmbodimentDriver":
+        """This policy driving robot ``name`` (one of ``embodiments``) from its env observations."""
+        return EmbodimentDriver(self, name)
+
+
+class EmbodimentDriver:
+    """An RDT policy on one robot, with the rollout interface of a plain policy: env
+    observations {"state" [B, S], "agent_pos" [B, P], "joint_pos" [B, J], "instruction"} in,
+    env actions [B, A] out. Keeps the last To observations (the first repeated at an episode's
+    start) and a queue of the executed actions of the last chunk."""
+
+    def __init__(self, policy: RDTPolicy, name: str):
+        from dp.data.unified import embodiment
+
+        if name not in policy.embodiments:
+            raise ConfigError(f"this checkpoint was trained on {policy.embodiments}, not on {name!r}.")
+        self.policy, self.embodiment, self.id = policy, embodiment(name), policy.embodiments.index(name)
+        self.object_dim = int(policy.config["shape_meta"]["obs"].get("object", [0])[0])
+        self.cameras = list(policy.obs_encoder.cameras)
+        self._history: list[dict] = []
+        self._queue: list[torch.Tensor] = []
+
+    def __getattr__(self, name):  # sampler, config, generator, ...: the policy's
+        return getattr(self.policy, name)
+
+    def eval(self):
+        self.policy.eval()
+        return self
+
+    def reset(self) -> None:
+        self.policy.reset()
+        self._history, self._queue = [], []
+
+    @property
+    def needs_prediction(self) -> bool:
+        return not self._queue
+
+    def _unified_step(self, obs: dict) -> dict:
+        import numpy as np
+
+        emb = self.embodiment
+        step = {"state": torch.as_tensor(emb.state_to_unified(obs), dtype=torch.float32)}
+        if self.object_dim:
+            raw = np.asarray(obs["state"], np.float32)[:, emb.agent_pos_dim:]
+            if raw.shape[1] > self.object_dim:
+                raise ConfigError(f"{emb.name}: the env gives {raw.shape[1]} non-robot state numbers; the policy "
+                                  f"was trained with at most {self.object_dim}.")
+            obj = torch.zeros(raw.shape[0], self.object_dim)
+            obj[:, : raw.shape[1]] = torch.as_tensor(raw)
+            step["object"], step["n_object"] = obj, raw.shape[1]
+        for cam in self.cameras:
+            step[cam] = torch.as_tensor(np.asarray(obs[cam])).permute(0, 3, 1, 2)  # HWC -> CHW
+        return step
+
+    @torch.inference_mode()
+    def select_action(self, obs: dict) -> torch.Tensor:
+        step = self._unified_step(obs)
+        self._history = (self._history or [step] * self.policy.n_obs_steps)[1:] + [step]
+        if not self._queue:
+            b = step["state"].shape[0]
+            emb = self.embodiment
+            batch = {k: torch.stack([h[k] for h in self._history], 1) for k in step if k != "n_object"}
+            batch.update({
+                "state_mask": torch.as_tensor(emb.state_mask()).expand(b, -1),
+                "action_mask": torch.as_tensor(emb.action_mask()).expand(b, -1),
+                "embodiment": torch.full((b,), self.id), "control_hz": torch.full((b,), float(emb.control_hz)),
+                "instruction": obs["instruction"],
+            })
+            if self.object_dim:
+                batch["object_mask"] = (torch.arange(self.object_dim) < step["n_object"]).expand(b, -1)
+            chunk = self.policy.executed_actions(self.policy.predict_action(batch))  # [B, Ta, 128]
+            env_actions = torch.as_tensor(emb.action_from_unified(chunk.cpu().double().numpy()), dtype=torch.float32)
+            self._queue = list(env_actions.unbind(1))
+        return self._queue.pop(0)

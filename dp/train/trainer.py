@@ -186,7 +186,7 @@ class Trainer:
         cfg = OmegaConf.to_container(self.cfg, resolve=True)
         cfg["policy"] = policy_cfg
         cfg["dataset_attrs"] = {k: self.dataset.attrs.get(k) for k in ("task", "tasks", "instructions", "env_options",
-                                                                       "obs", "dp_version")}
+                                                                       "obs", "dp_version", "sources")}
         cfg["collection_seeds_max"] = max(self.dataset.attrs.get("seeds", [0]) or [0])
         return cfg
 
