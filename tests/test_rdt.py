@@ -62,6 +62,33 @@ def test_one_evaluation_reports_every_robot_of_the_mixture(stores, tmp_path):
     assert all(e["length"] == 12 for e in summary["per_task"]["rs_two_arm_lift[two_arm_panda]"]["episode_results"])
 
 
+def test_fine_tuning_starts_from_the_pretrained_weights_on_a_new_robot(stores, tmp_path):
+    """Pretrained on a UR5e, fine-tuned on a Panda (an embodiment it never saw): every weight starts
+    as pretrained; only the normalizer is the new robot's."""
+    from dp.checkpoint import CheckpointError
+
+    ur5e = f"[{{path: {stores['rs_lift']}, embodiment: ur5e}}]"
+    panda = f"[{{path: {stores['rs_lift_panda']}, embodiment: panda}}]"
+
+    def cfg(data, out, *extra):
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+            return compose("train", overrides=[
+                "task=rs_lift", f"+task.datasets={data}", f"output_dir={out}", "logging.mode=disabled",
+                "progress=false", "training.batch_size=8", "training.warmup_steps=2", "training.val_every=0",
+                "training.val_ratio=0", *TINY, *extra])
+
+    Trainer(cfg(ur5e, tmp_path / "pre", "training.steps=3")).run()
+    pretrained = Policy.from_checkpoint(tmp_path / "pre").state_dict()
+    tuned = Trainer(cfg(panda, tmp_path / "tune", "training.steps=3", f"training.init_from={tmp_path / 'pre'}"))
+    for k, v in tuned.policy.state_dict().items():
+        if not k.startswith("normalizer."):
+            torch.testing.assert_close(v, pretrained[k], msg=k)
+    assert tuned.policy.embodiments == ["panda"] and "action__panda" in tuned.policy.normalizer.keys()
+    with pytest.raises(CheckpointError, match="does not fit the policy.*same policy config"):
+        Trainer(cfg(panda, tmp_path / "wide", "training.steps=3", "policy.dim=48",
+                    f"training.init_from={tmp_path / 'pre'}"))
+
+
 def test_condition_keys_and_values_are_computed_once_per_prediction(stores, tmp_path):
     """DPM-Solver++ 5 steps calls the network 5 times; the language and observation K/V
     projections run once per layer per prediction, not once per step."""

@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dp.checkpoint import (
-    LATEST, CheckpointError, has_checkpoints, load_config, load_train_state, newest_complete, save_checkpoint,
+    LATEST, CheckpointError, has_checkpoints, load_config, load_tensors, load_train_state, newest_complete, resolve,
+    save_checkpoint, verify,
 )
 from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.data.mixture import MixtureDataset
@@ -159,6 +160,8 @@ class Trainer:
             self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
         if hasattr(self.policy, "fit_to_data"):  # e.g. anchors for truncated diffusion (resuming reloads them)
             self.policy.fit_to_data(self.dataset)
+        if cfg.training.get("init_from") and not (cfg.resume and has_checkpoints(self.ckpt_root)):
+            self._init_from(cfg.training.init_from)
         self.policy.to(self.device)
         self.ema = EMA(self.policy, **cfg.training.ema) if cfg.training.ema else None
 
@@ -218,6 +221,20 @@ class Trainer:
         self.wandb_id = state.get("wandb_id") or None
         if self.dist.main:
             print(f"resumed from {ckpt} at step {self.step}")
+
+    def _init_from(self, path) -> None:
+        """Fine-tuning: start from another run's (EMA) weights, keeping the normalizer fitted on
+        this run's data (a new robot has its own statistics). Optimizer, schedule and step start
+        fresh. Every weight must fit: a different architecture is an error, not a partial load."""
+        ckpt = resolve(path)
+        verify(ckpt)
+        source = ckpt / ("ema.safetensors" if (ckpt / "ema.safetensors").exists() else "weights.safetensors")
+        state = {k: v for k, v in load_tensors(source).items() if not k.startswith("normalizer.")}
+        state.update({k: v for k, v in self.policy.state_dict().items() if k.startswith("normalizer.")})
+        load_weights(self.policy, state, source, "training.init_from needs a checkpoint of the same policy "
+                     "config (dim, depth, heads, horizon, language vocabulary); pass the same policy options.")
+        if self.dist.main:
+            print(f"initialised from {source} (normalizer refitted on {self.cfg.task.get('dataset_path') or 'the mixture'})")
 
     def _check_same_data(self, ckpt: Path) -> None:
         """A resumed run must see data of the shapes it was built for: the action dimension sizes the
