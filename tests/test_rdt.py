@@ -137,3 +137,25 @@ def test_rdt_refuses_a_plain_dataset_odd_depth_and_no_language():
         RDTPolicy(meta, depth=3, language={"encoder": "builtin"})
     with pytest.raises(ConfigError, match="needs language"):
         RDTPolicy(meta)
+
+
+def test_the_benchmark_per_step_projection_computes_the_same_chunk():
+    """dp-bench rdt times the cached K/V against projecting them at every step: both must compute
+    the same actions, and the per-step side must really project again at each of the 5 calls."""
+    from dp.bench.rdt import PerStepConditionKV, _obs, _policy
+
+    policy = _policy()
+    obs = _obs(policy)
+    policy.generator = torch.Generator().manual_seed(0)
+    cached = policy.predict_action(obs)
+    kv_calls = []
+    hooks = [m.kv.register_forward_hook(lambda *a: kv_calls.append(1))
+             for m in policy.dit.modules() if isinstance(m, CrossAttention)]
+    policy.generator = torch.Generator().manual_seed(0)
+    with PerStepConditionKV(policy):
+        per_step = policy.predict_action(obs)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(per_step, cached)
+    assert len(kv_calls) == policy.dit.depth * (1 + 5)
+    assert "forward" not in vars(policy.dit)  # the context restored the DiT

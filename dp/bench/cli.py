@@ -11,6 +11,7 @@ BENCHMARKS = {
     "latency": "dp.bench.latency",
     "mode": "dp.bench.mode",
     "sampling": "dp.bench.sampling",
+    "rdt": "dp.bench.rdt",
     "tokens": "dp.bench.tokens",
     "train_step": "dp.bench.train_step",
     "versus": "dp.bench.versus",
