@@ -4,6 +4,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from dp.collect import collect
 from dp.constants import CONFIG_DIR
 from dp.core.layers import CrossAttention
 from dp.data.unified import embodiment
@@ -159,3 +160,27 @@ def test_the_benchmark_per_step_projection_computes_the_same_chunk():
     torch.testing.assert_close(per_step, cached)
     assert len(kv_calls) == policy.dit.depth * (1 + 5)
     assert "forward" not in vars(policy.dit)  # the context restored the DiT
+
+
+def test_two_cameras_are_two_token_groups_from_store_to_rollout(tmp_path):
+    """agentview and the wrist camera, each its own ImageTokens, read from the store in training
+    and from the env's image keys in a rollout."""
+    from dp.eval.evaluate import evaluate_checkpoint
+
+    store = tmp_path / "lift_2cam.zarr"
+    collect({"task": {"name": "rs_lift", "env": "rs_lift", "env_options": {"extra_cameras": ["robot0_eye_in_hand"]}},
+             "n_episodes": 2, "obs": "image", "image_size": 32, "output": str(store), "seed": 0,
+             "keep_failed": False, "max_attempts_factor": 2, "overwrite": False, "progress": False})
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose("train", overrides=[
+            "task=rs_lift", f"+task.datasets=[{{path: {store}, embodiment: panda}}]",
+            "+task.cameras={agentview: img, wrist: robot0_eye_in_hand_image}", f"output_dir={tmp_path / 'run'}",
+            "logging.mode=disabled", "progress=false", "training.batch_size=4", "training.warmup_steps=1",
+            "training.val_every=0", "training.val_ratio=0", "training.steps=2", *TINY,
+            "policy.image_encoder={crop: 28, width: 8, stages: 2}"])
+    trainer = Trainer(cfg)
+    assert sorted(trainer.policy.obs_encoder.images) == ["agentview", "wrist"]
+    trainer.run()
+    summary = evaluate_checkpoint(str(tmp_path / "run"), n_episodes=1, n_envs=1, n_videos=0, max_steps=6,
+                                  progress=False)
+    assert summary["per_task"]["rs_lift[panda]"]["episode_results"][0]["length"] == 6

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.core import DiT
 from dp.core.dit import dense_ffn
 from dp.core.embeddings import ActionHead, ActionTokenizer, LevelEmbedding
@@ -234,7 +235,11 @@ class EmbodimentDriver:
             raise ConfigError(f"this checkpoint was trained on {policy.embodiments}, not on {name!r}.")
         self.policy, self.embodiment, self.id = policy, embodiment(name), policy.embodiments.index(name)
         self.object_dim = int(policy.config["shape_meta"]["obs"].get("object", [0])[0])
-        self.cameras = list(policy.obs_encoder.cameras)
+        # camera obs name -> the env's image keys (stores keep the main camera as "img", envs call it "image")
+        store_keys = policy.config["shape_meta"].get("cameras") or {}
+        self.cameras = {cam: [ENV_KEY_OF_STORE_KEY.get(k, k) for k in ([v] if isinstance(v, str) else v)]
+                        for cam, v in store_keys.items() if cam in policy.obs_encoder.cameras}
+        self.stacked = {cam: not isinstance(store_keys[cam], str) for cam in self.cameras}
         self._history: list[dict] = []
         self._queue: list[torch.Tensor] = []
 
@@ -266,8 +271,9 @@ class EmbodimentDriver:
             obj = torch.zeros(raw.shape[0], self.object_dim)
             obj[:, : raw.shape[1]] = torch.as_tensor(raw)
             step["object"], step["n_object"] = obj, raw.shape[1]
-        for cam in self.cameras:
-            step[cam] = torch.as_tensor(np.asarray(obs[cam])).permute(0, 3, 1, 2)  # HWC -> CHW
+        for cam, keys in self.cameras.items():  # [B, H, W, C] per view -> [B, (V,) C, H, W]
+            views = torch.stack([torch.as_tensor(np.asarray(obs[k])).permute(0, 3, 1, 2) for k in keys], 1)
+            step[cam] = views if self.stacked[cam] else views[:, 0]
         return step
 
     @torch.inference_mode()

@@ -70,7 +70,8 @@ def shape_meta_of(dataset: SequenceDataset | MixtureDataset) -> dict:
     shapes = dataset.sample_shapes()  # images channels first
     if isinstance(dataset, MixtureDataset):  # unified space: the embodiments index the normalizers
         meta = {"action": shapes["action"], "obs": shapes["obs"], "embodiments": shapes["embodiments"],
-                "sources": [{k: s[k] for k in ("name", "embodiment")} for s in dataset.sources]}
+                "sources": [{k: s[k] for k in ("name", "embodiment")} for s in dataset.sources],
+                "cameras": dict(dataset.cameras)}  # obs name -> store key(s)
         if dataset.attrs.get("instructions"):
             meta["instructions"] = list(dataset.attrs["instructions"])
         return meta
