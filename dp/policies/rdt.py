@@ -128,14 +128,15 @@ class RDTPolicy(DenoisingPolicy):
         return [f"{k}__{e}" for e in self.embodiments for k in ("state", "action", "object")]
 
     def _per_embodiment(self, key: str, x: torch.Tensor, ids: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """(Un)normalize rows [B, ...] of ``x`` with the statistics of their embodiment ``ids`` [B]."""
+        if not bool(((ids >= 0) & (ids < len(self.embodiments))).all()):
+            raise ConfigError(f"obs['embodiment'] ids must index {self.embodiments}; got {ids.unique().tolist()}.")
+        f = self.normalizer.unnormalize if inverse else self.normalizer.normalize
         out = torch.empty_like(x)
         for e, name in enumerate(self.embodiments):
             rows = ids == e
             if bool(rows.any()):
-                f = self.normalizer.unnormalize if inverse else self.normalizer.normalize
                 out[rows] = f(f"{key}__{name}", x[rows])
-        if not bool(((ids >= 0) & (ids < len(self.embodiments))).all()):
-            raise ConfigError(f"obs['embodiment'] ids must index {self.embodiments}; got {ids.unique().tolist()}.")
         return out
 
     def normalize_obs(self, obs: dict) -> dict:
