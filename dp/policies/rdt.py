@@ -22,6 +22,7 @@ and SigLIP; one state token per observation step (RDT: To = 1, the same thing th
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,7 @@ from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.core import DiT
 from dp.core.dit import dense_ffn
 from dp.core.embeddings import ActionHead, ActionTokenizer, LevelEmbedding
+from dp.data.unified import embodiment
 from dp.diffusion import GaussianProcess
 from dp.encoders.tokens import ObservationTokens, Tokens
 from dp.errors import ConfigError
@@ -230,8 +232,6 @@ class EmbodimentDriver:
     start) and a queue of the executed actions of the last chunk."""
 
     def __init__(self, policy: RDTPolicy, name: str):
-        from dp.data.unified import embodiment
-
         if name not in policy.embodiments:
             raise ConfigError(f"this checkpoint was trained on {policy.embodiments}, not on {name!r}.")
         self.policy, self.embodiment, self.id = policy, embodiment(name), policy.embodiments.index(name)
@@ -241,6 +241,9 @@ class EmbodimentDriver:
         self.cameras = {cam: [ENV_KEY_OF_STORE_KEY.get(k, k) for k in ([v] if isinstance(v, str) else v)]
                         for cam, v in store_keys.items() if cam in policy.obs_encoder.cameras}
         self.stacked = {cam: not isinstance(store_keys[cam], str) for cam in self.cameras}
+        # per robot, not per prediction: the slots it fills
+        self.state_mask = torch.as_tensor(self.embodiment.state_mask())
+        self.action_mask = torch.as_tensor(self.embodiment.action_mask())
         self._history: list[dict] = []
         self._queue: list[torch.Tensor] = []
 
@@ -260,8 +263,6 @@ class EmbodimentDriver:
         return not self._queue
 
     def _unified_step(self, obs: dict) -> dict:
-        import numpy as np
-
         emb = self.embodiment
         step = {"state": torch.as_tensor(emb.state_to_unified(obs), dtype=torch.float32)}
         if self.object_dim:
@@ -286,8 +287,8 @@ class EmbodimentDriver:
             emb = self.embodiment
             batch = {k: torch.stack([h[k] for h in self._history], 1) for k in step if k != "n_object"}
             batch.update({
-                "state_mask": torch.as_tensor(emb.state_mask()).expand(b, -1),
-                "action_mask": torch.as_tensor(emb.action_mask()).expand(b, -1),
+                "state_mask": self.state_mask.expand(b, -1),
+                "action_mask": self.action_mask.expand(b, -1),
                 "embodiment": torch.full((b,), self.id), "control_hz": torch.full((b,), float(emb.control_hz)),
                 "instruction": obs["instruction"],
             })
