@@ -17,11 +17,12 @@ ALLOWED = {
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
     "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint"},
-    "dp.eval": {"dp.policies", "dp.data", "dp.checkpoint", "envs"},
+    "dp.video": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data"},
+    "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "envs"},
     "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "envs"},
     "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "envs"},
-    "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.data", "dp.checkpoint", "dp.eval",
-                 "dp.train"},
+    "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.video", "dp.data", "dp.checkpoint",
+                 "dp.eval", "dp.train"},
 }
 SIBLINGS = {"dp.train", "dp.eval", "dp.bench", "dp.control"}
 

@@ -135,3 +135,68 @@ class DiscreteActionCodec(nn.Module):
 
     def shape(self, b: int) -> tuple[int, int]:
         return (b, self.horizon * self.action_dim)
+
+
+class FramePatchCodec(nn.Module):
+    """Video frames [B, T, C, H, W] (pixels scaled to [-1, 1]) <-> tokens [B, T*P, D], frame-major,
+    P = (H/p) * (W/p) patches of p x p pixels per frame (DiT/ViT patchify; a zero-initialised
+    linear head unpatchifies). A token carries a learned position per patch and per frame, and
+    takes its frame's level: levels are per frame [B, T] (diffusion forcing)."""
+
+    kind = "continuous"
+
+    def __init__(self, frames: int, channels: int, height: int, width: int, dim: int, patch: int):
+        super().__init__()
+        if patch < 1 or height % patch or width % patch:
+            raise ConfigError(f"frame size {height}x{width} is not divisible by the patch size {patch}: pick a "
+                              f"patch that divides both (e.g. 12 or 14 for 84 px, 8 or 16 for 64 px).")
+        self.frames, self.channels, self.height, self.width, self.patch = frames, channels, height, width, patch
+        self.grid = (height // patch, width // patch)
+        self.patches = self.grid[0] * self.grid[1]
+        self.patch_dim = channels * patch * patch
+        self.embed = nn.Linear(self.patch_dim, dim)
+        self.pos_space = nn.Parameter(torch.zeros(1, 1, self.patches, dim))
+        self.pos_time = nn.Parameter(torch.zeros(1, frames, 1, dim))
+        nn.init.normal_(self.pos_space, std=0.02)
+        nn.init.normal_(self.pos_time, std=0.02)
+        self.head = nn.Linear(dim, self.patch_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, T, P, C*p*p] (patches row-major over the grid)."""
+        b, t = x.shape[:2]
+        p, (gh, gw) = self.patch, self.grid
+        x = x.reshape(b, t, self.channels, gh, p, gw, p)
+        return x.permute(0, 1, 3, 5, 2, 4, 6).reshape(b, t, self.patches, self.patch_dim)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, P, C*p*p] -> [B, T, C, H, W]."""
+        b, t = x.shape[:2]
+        p, (gh, gw) = self.patch, self.grid
+        x = x.reshape(b, t, gh, gw, self.channels, p, p)
+        return x.permute(0, 1, 4, 2, 5, 3, 6).reshape(b, t, self.channels, self.height, self.width)
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, T, C, H, W] -> [B, T*P, D]."""
+        if tuple(x.shape[1:]) != (self.frames, self.channels, self.height, self.width):
+            raise ValueError(f"frames must be [B, {self.frames}, {self.channels}, {self.height}, {self.width}], "
+                             f"got {tuple(x.shape)}.")
+        return (self.embed(self.patchify(x)) + self.pos_space + self.pos_time).flatten(1, 2)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        """[B, T*P, D] -> [B, T, C, H, W]."""
+        return self.unpatchify(self.head(h).reshape(h.shape[0], self.frames, self.patches, self.patch_dim))
+
+    def token_levels(self, level: torch.Tensor) -> torch.Tensor:
+        """Per-frame levels [B, T] -> per-token [B, T*P]."""
+        return level.repeat_interleave(self.patches, dim=1)
+
+    def shape(self, b: int) -> tuple[int, int, int, int, int]:
+        return (b, self.frames, self.channels, self.height, self.width)

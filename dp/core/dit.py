@@ -295,10 +295,13 @@ class DiT(nn.Module):
 
     # ------------------------------------------------------------------ denoise
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond=None, context=None,
-                cache: ConditionCache | None = None, causal: bool = False) -> torch.Tensor:
+                cache: ConditionCache | None = None, causal: bool = False,
+                token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, N, D], level [B, N] in [0, 1] -> [B, N, D]. Pass ``cache`` or ``cond``/``context``.
         ``causal``: token i of x attends to the condition and to tokens 0..i only (autoregressive
-        training; ``extend`` decodes such a model token by token)."""
+        training; ``extend`` decodes such a model token by token).
+        ``token_mask``: [N, N] bool, True where token i of x may attend to token j of x (PAD: image
+        tokens never attend to action tokens); condition tokens stay visible to all."""
         if level.shape != x.shape[:2]:
             raise ValueError(f"level must be [B, N] = {tuple(x.shape[:2])}, got {tuple(level.shape)}.")
         if cache is None:
@@ -323,6 +326,8 @@ class DiT(nn.Module):
         if self.level_token:
             x = torch.cat([c[:, :1].expand(x.shape[0], 1, -1).to(x.dtype), x], dim=1)
         self_mask = cache.self_mask(x.shape[1])
+        if token_mask is not None:
+            self_mask = self._own_mask(token_mask, x.shape[1], cache, self_mask)
         if causal:
             if self.level_token:
                 raise ConfigError("causal decoding does not take a level token (level_token=false).")
@@ -330,6 +335,27 @@ class DiT(nn.Module):
         masks = (self_mask, cache.cross_masks or [None] * self.depth)
         out = self.run_blocks(x, c, level_emb, mods, final_out, cache.prefix_kv, cache.cross_kv, cache.step, masks)
         return out[:, 1:] if self.level_token else out
+
+    def _own_mask(self, token_mask: torch.Tensor, n: int, cache: ConditionCache, pad_mask=None) -> torch.Tensor:
+        """[B or 1, 1, n, M + n]: every prefix key, and among the n denoised tokens ``token_mask``
+        (the level token, when there is one, sees and is seen by all)."""
+        own = token_mask.to(torch.bool)
+        if self.level_token:
+            own = torch.nn.functional.pad(own, (1, 0, 1, 0), value=True)
+        if own.shape != (n, n):
+            raise ValueError(f"token_mask must be [N, N] over the denoised tokens ({n - self.level_token}), "
+                             f"got {tuple(token_mask.shape)}.")
+        m = cache.prefix_kv[0][0].shape[2] if cache.prefix_kv and cache.prefix_kv[0] is not None else 0
+        mask = torch.cat([own.new_ones(n, m), own], dim=1)[None, None]
+        return mask if pad_mask is None else mask & pad_mask
+
+    def set_attention(self, kernels) -> None:
+        """Per-layer self-attention kernels (dp/core/attention.py), or None for dense attention."""
+        kernels = [None] * self.depth if kernels is None else list(kernels)
+        if len(kernels) != self.depth:
+            raise ConfigError(f"set_attention needs one kernel per layer ({self.depth}), got {len(kernels)}.")
+        for block, kernel in zip(self.blocks, kernels):
+            block.attn.kernel = kernel
 
     @staticmethod
     def _causal_mask(n_new: int, n_seen: int, cache: ConditionCache, device, pad_mask=None) -> torch.Tensor:

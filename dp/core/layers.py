@@ -57,6 +57,9 @@ class SelfAttention(nn.Module):
         head_dim = dim // heads
         self.q_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
         self.k_norm = make_norm(norm, head_dim) if qk_norm else nn.Identity()
+        # optional ``kernel(q, k, v, mask) -> out`` in place of dense attention (dp/core/attention.py:
+        # factorized or sparse video attention); not a module, so not in the state dict
+        self.kernel = None
 
     def forward(self, x: torch.Tensor, prefix_kv: KV | None = None, mask: torch.Tensor | None = None):
         """x [B, N, D] -> (out [B, N, D], (k, v) of x for callers that cache them)."""
@@ -66,7 +69,13 @@ class SelfAttention(nn.Module):
         if prefix_kv is not None:
             k = torch.cat([prefix_kv[0], k], dim=2)
             v = torch.cat([prefix_kv[1], v], dim=2)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.kernel is not None:
+            if prefix_kv is not None:
+                raise ConfigError("a video attention kernel runs on the clip's own tokens; this model has prefix "
+                                  "condition tokens (use cond_mode cross, or attention=full).")
+            out = self.kernel(q, k, v, mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(rearrange(out, "b h n d -> b n (h d)")), own
 
 

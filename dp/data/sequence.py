@@ -358,6 +358,13 @@ class SequenceDataset(torch.utils.data.Dataset):
             parts.append(x[..., None] if data[k].ndim == 1 else x)
         return np.concatenate(parts, axis=-1)
 
+    def inside_episode(self, name: str) -> np.ndarray:
+        """[len(self)] bool: True for the windows whose every ``name`` offset lies inside the
+        episode (no edge padding anywhere in that key's frames)."""
+        offs = self.key_offsets[name]
+        t_now = self.start + (self.n_obs_steps - 1)
+        return (t_now + offs[0] >= self.ep_start) & (t_now + offs[-1] <= self.ep_end - 1)
+
     def get_batch(self, idx) -> dict:
         """Windows ``idx`` (int array [B]) gathered at once: the same dict as items, batched."""
         idx = np.asarray(idx, dtype=np.int64)

@@ -100,6 +100,7 @@ def open_dataset(cfg) -> SequenceDataset | MixtureDataset:
         path, horizon=p.horizon, n_obs_steps=p.n_obs_steps, n_action_steps=p.n_action_steps,
         obs_keys=obs_keys_for(cfg.task), val_ratio=cfg.training.val_ratio, seed=cfg.seed,
         max_train_episodes=cfg.training.get("max_train_episodes"),
+        key_offsets=OmegaConf.to_container(p.key_offsets, resolve=True) if p.get("key_offsets") else None,
     )
     check_dataset_task(dataset.attrs, cfg.task, path)
     return dataset
