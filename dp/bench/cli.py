@@ -15,6 +15,7 @@ BENCHMARKS = {
     "tokens": "dp.bench.tokens",
     "train_step": "dp.bench.train_step",
     "versus": "dp.bench.versus",
+    "video_sparse": "dp.bench.video_sparse",
 }
 
 
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="cpu | cuda[:N]: where latency and train_step run; results on CUDA are "
                              "written as <name>_cuda.json beside the CPU ones")
     parser.add_argument("--checkpoint", default=None,
-                        help="mode: time a trained policy=mode checkpoint (its routes) instead of random weights")
+                        help="mode / video_sparse: time a trained checkpoint (policy=mode: its routes; "
+                             "policy=video: also PSNR dense vs sparse) instead of random weights")
     parser.add_argument("--against", default=None,
                         help="versus: another checkout to time batch-1 latency against, interleaved")
     args = parser.parse_args(argv)
@@ -34,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    if args.checkpoint and names != ["mode"]:
-        parser.error("--checkpoint applies to the mode benchmark only: dp-bench mode --checkpoint PATH")
+    if args.checkpoint and len(names) != 1 or args.checkpoint and names[0] not in ("mode", "video_sparse"):
+        parser.error("--checkpoint applies to one benchmark, mode or video_sparse: dp-bench mode --checkpoint PATH")
     if (args.against is not None) != ("versus" in names):
         parser.error("dp-bench versus --against PATH (and --against only with versus)")
     with user_errors_exit():

@@ -112,7 +112,7 @@ class SparseState:
     (set by the caller before each network call) and what profiling found."""
 
     dense_calls: int = 1          # network calls per prediction that run dense before sparsity starts
-    sample_rows: int = 32         # query rows profiled per layer and call
+    sample_rows: int = 16         # query rows profiled per layer and call
     call: int = 0
     timing: bool = False          # accumulate profiling seconds (synchronizes on CUDA)
     profile_seconds: float = 0.0
@@ -130,6 +130,7 @@ class SparseHeadAttention:
         self.layout, self.state = layout, state
         self.generator = torch.Generator().manual_seed(generator_seed)
         self.last_choice: torch.Tensor | None = None  # [heads] bool, True = temporal
+        self._where: torch.Tensor | None = None          # [2, N]: each token's frame and patch position
 
     def __call__(self, q, k, v, mask=None):
         self.layout.check(q.shape[2])
@@ -157,22 +158,25 @@ class SparseHeadAttention:
     @torch.no_grad()
     def profile(self, q, k, v) -> torch.Tensor:
         """[heads] bool, True where the temporal pattern is closer to full attention than the
-        spatial one on ``sample_rows`` sampled query rows (squared error summed over the batch)."""
+        spatial one on ``sample_rows`` sampled query rows (squared error summed over the batch).
+        A pattern's output on a row is full attention's probabilities restricted to the pattern
+        and renormalized, which is exactly the masked softmax, from one r x N score matrix."""
         timing = self.state.timing
         if timing:
             if q.is_cuda:
                 torch.cuda.synchronize(q.device)
             t0 = time.perf_counter()
         n = q.shape[2]
-        rows = torch.randperm(n, generator=self.generator)[: self.state.sample_rows].to(q.device)
-        qs = q[:, :, rows]                                         # [B, h, r, d]
-        scores = (qs @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # [B, h, r, N]
-        full = scores.softmax(-1) @ v
-        errors = []
-        for pattern in PATTERNS:
-            allowed = self.layout.mask(pattern, q.device)[rows]    # [r, N]
-            out = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
-            errors.append((out - full).float().pow(2).sum(dim=(0, 2, 3)))  # [h]
+        if self._where is None or self._where.device != q.device:
+            idx = torch.arange(n, device=q.device)
+            self._where = torch.stack([idx // self.layout.patches, idx % self.layout.patches])  # [2, N]: frame, position
+        rows = torch.randint(n, (self.state.sample_rows,), generator=self.generator).to(q.device)
+        probs = ((q[:, :, rows] @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)  # [B, h, r, N]
+        full = probs @ v                                                                  # [B, h, r, d]
+        masks = (self._where[:, rows, None] == self._where[:, None, :]).to(probs.dtype)  # [2, r, N]: spatial, temporal
+        kept = probs * masks[:, None, None]                      # [2, B, h, r, N]: each pattern's share of it
+        sparse = (kept @ v) / kept.sum(-1, keepdim=True)         # attention renormalized within the pattern
+        errors = (sparse - full).float().pow(2).sum(dim=(1, 3, 4))  # [2, h]
         choice = errors[1] < errors[0]
         if timing:
             if q.is_cuda:

@@ -36,7 +36,7 @@ from dp.errors import ConfigError
 
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "x0", "train_steps": 1000, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
-DEFAULT_SPARSE = {"dense_calls": 1, "sample_rows": 32}
+DEFAULT_SPARSE = {"dense_calls": 1, "sample_rows": 16}
 
 
 def to_unit(frames: torch.Tensor) -> torch.Tensor:
