@@ -4,8 +4,8 @@
     expert = envs.expert("mw_push")              # metaworld's SawyerPushV3Policy, clipped
 
 Names are ``mw_<task>`` with dashes as underscores and no version
-(``pick-place-v3`` -> ``mw_pick_place``). ``SETS`` holds ``mt10`` (metaworld's MT10) and
-``mt50`` (all 50).
+(``pick-place-v3`` -> ``mw_pick_place``). ``SETS`` holds ``mt10`` (metaworld's MT10),
+``mt50`` (all 50) and ``mw3`` (three tasks for the image policies).
 
 Each env is built straight from ``metaworld.env_dict.ALL_V3_ENVIRONMENTS`` with the goal
 observable (the last 3 numbers of ``state``) and a fresh random scene on every reset,
@@ -97,7 +97,9 @@ def mw_name(name: str) -> str:
 
 
 NAMES = [dp_name(t) for t in MW_TASKS]
-SETS = {"mt10": [dp_name(t) for t in MT10_TASKS], "mt50": list(NAMES)}
+# mw3: three visually distinct tasks with one camera for image policies (PAD against the image dit)
+SETS = {"mt10": [dp_name(t) for t in MT10_TASKS], "mt50": list(NAMES),
+        "mw3": ["mw_push", "mw_drawer_open", "mw_button_press_topdown"]}
 
 INSTRUCTIONS = {
     "mw_assembly": "pick up the nut and place it onto the peg",

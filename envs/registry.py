@@ -23,7 +23,7 @@ FAMILIES = {
     "pusht": "envs.pusht",
 }
 # Multi-task sets and the family that defines them (in its SETS dict).
-SET_FAMILIES = {"mt10": "mw", "mt50": "mw"}
+SET_FAMILIES = {"mt10": "mw", "mt50": "mw", "mw3": "mw"}
 
 
 def _family_of(name: str) -> str:

@@ -25,3 +25,20 @@ def mixture_stores(tmp_path_factory):
                  "max_attempts_factor": 2, "overwrite": False, "progress": False})
         out[task] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def image_stores(tmp_path_factory):
+    """Real Meta-World image stores from the expert at 24 px (2 x 2 patches of 12 px): mw_push (3
+    episodes), mw_reach (2, another task's video), and mw_push at 32 px (1, a mismatched size)."""
+    from dp.collect import collect
+
+    root = tmp_path_factory.mktemp("images")
+    out = {}
+    for name, task, n, size in [("push", "mw_push", 3, 24), ("reach", "mw_reach", 2, 24), ("push32", "mw_push", 1, 32)]:
+        path = root / f"{name}.zarr"
+        collect({"task": {"name": task, "env": task, "env_options": {}}, "n_episodes": n, "obs": "image",
+                 "image_size": size, "output": str(path), "seed": 0, "keep_failed": False, "max_attempts_factor": 2,
+                 "overwrite": False, "progress": False})
+        out[name] = path
+    return out

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-from dp.collect import collect
 from dp.constants import CONFIG_DIR
 from dp.core.attention import (
     FrameLayout, SparseHeadAttention, SparseState, factorized_kernels, spatial_attention, temporal_attention,
@@ -23,14 +22,9 @@ TINY = ["policy=video", "policy.dim=32", "policy.depth=2", "policy.heads=2", "po
         "policy.key_offsets={image: [-1, 0, 2, 4]}", "policy.sampler.steps=3"]
 
 
-@pytest.fixture(scope="module")
-def image_store(tmp_path_factory):
-    """mw_push from the expert, 24 px frames (2 x 2 patches of 12 px)."""
-    path = tmp_path_factory.mktemp("video") / "push_img.zarr"
-    collect({"task": {"name": "mw_push", "env": "mw_push", "env_options": {}}, "n_episodes": 3, "obs": "image",
-             "image_size": 24, "output": str(path), "seed": 0, "keep_failed": False, "max_attempts_factor": 2,
-             "overwrite": False, "progress": False})
-    return path
+@pytest.fixture
+def image_store(image_stores):
+    return image_stores["push"]
 
 
 def video_cfg(store, out, *overrides):

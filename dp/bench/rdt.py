@@ -59,9 +59,9 @@ class PerStepConditionKV:
             self.groups = cond
             return encode(cond, *args, **kwargs)
 
-        def project_then_forward(x, level, cond=None, context=None, cache=None, causal=False):
+        def project_then_forward(x, level, cond=None, context=None, cache=None, **kwargs):
             cache.cross_kv = [b.cross_keys_values(self.groups[i % len(self.groups)]) for i, b in enumerate(dit.blocks)]
-            return forward(x, level, cond, context, cache, causal)
+            return forward(x, level, cond, context, cache, **kwargs)
 
         dit.encode_condition, dit.forward = remember, project_then_forward
         return self

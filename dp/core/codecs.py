@@ -137,6 +137,16 @@ class DiscreteActionCodec(nn.Module):
         return (b, self.horizon * self.action_dim)
 
 
+def pixels_to_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8-range pixels (0..255) -> floats in [-1, 1], what a frame codec denoises."""
+    return frames.float() / 127.5 - 1.0
+
+
+def unit_to_image(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> images in [0, 1] (clamped)."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
 class FramePatchCodec(nn.Module):
     """Video frames [B, T, C, H, W] (pixels scaled to [-1, 1]) <-> tokens [B, T*P, D], frame-major,
     P = (H/p) * (W/p) patches of p x p pixels per frame (DiT/ViT patchify; a zero-initialised
@@ -183,16 +193,26 @@ class FramePatchCodec(nn.Module):
     def output(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, T, C, H, W] -> [B, T*P, D]."""
-        if tuple(x.shape[1:]) != (self.frames, self.channels, self.height, self.width):
-            raise ValueError(f"frames must be [B, {self.frames}, {self.channels}, {self.height}, {self.width}], "
-                             f"got {tuple(x.shape)}.")
-        return (self.embed(self.patchify(x)) + self.pos_space + self.pos_time).flatten(1, 2)
+    def encode(self, x: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Frames [B, T, C, H, W] -> [B, T*P, D]; they are frames ``first`` .. ``first + T - 1`` of
+        the clip (their time positions), all of it by default."""
+        if tuple(x.shape[2:]) != (self.channels, self.height, self.width) or first + x.shape[1] > self.frames:
+            raise ValueError(f"frames must be [B, <= {self.frames - first}, {self.channels}, {self.height}, "
+                             f"{self.width}], got {tuple(x.shape)}.")
+        return self.embed_patches(self.patchify(x), first)
+
+    def embed_patches(self, patches: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Patches [B, T, P, C*p*p] of frames ``first`` .. -> tokens [B, T*P, D]."""
+        pos_time = self.pos_time[:, first : first + patches.shape[1]]
+        return (self.embed(patches) + self.pos_space + pos_time).flatten(1, 2)
+
+    def decode_patches(self, h: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T*P, D] -> patches [B, T, P, C*p*p]."""
+        return self.head(h).reshape(h.shape[0], -1, self.patches, self.patch_dim)
 
     def decode(self, h: torch.Tensor) -> torch.Tensor:
         """[B, T*P, D] -> [B, T, C, H, W]."""
-        return self.unpatchify(self.head(h).reshape(h.shape[0], self.frames, self.patches, self.patch_dim))
+        return self.unpatchify(self.decode_patches(h))
 
     def token_levels(self, level: torch.Tensor) -> torch.Tensor:
         """Per-frame levels [B, T] -> per-token [B, T*P]."""
@@ -200,3 +220,66 @@ class FramePatchCodec(nn.Module):
 
     def shape(self, b: int) -> tuple[int, int, int, int, int]:
         return (b, self.frames, self.channels, self.height, self.width)
+
+
+class FramesAndActionsCodec(nn.Module):
+    """Future frames and an action chunk denoised as one target (PAD).
+
+    The target is packed in rows so every Gaussian sampler walks it as one tensor
+    [B, R, W]: R = F*P patch rows of the F future frames, then H action rows; W = max(patch
+    size C*p*p, A), each row zero-padded to W (the padding is never read: ``encode`` takes the
+    real columns, ``decode`` writes zeros there). Tokens: a token per patch row (levels per
+    row), then the action codec's tokens."""
+
+    kind = "continuous"
+
+    def __init__(self, frames: FramePatchCodec, actions: ContinuousActionCodec, first_future: int, n_future: int):
+        super().__init__()
+        self.frames, self.actions = frames, actions
+        self.first_future, self.n_future = first_future, n_future
+        self.frame_rows = n_future * frames.patches
+        self.horizon, self.action_dim, self.patch = actions.horizon, actions.action_dim, actions.patch
+        self.width = max(frames.patch_dim, actions.action_dim)
+
+    def pack(self, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Future patches [B, F, P, C*p*p] and actions [B, H, A] -> rows [B, R, W]."""
+        pad = lambda t: torch.nn.functional.pad(t, (0, self.width - t.shape[-1]))  # noqa: E731
+        return torch.cat([pad(patches.flatten(1, 2)), pad(actions)], dim=1)
+
+    def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows [B, R, W] -> (patches [B, F, P, C*p*p], actions [B, H, A])."""
+        patches = x[:, : self.frame_rows, : self.frames.patch_dim].reshape(x.shape[0], self.n_future, self.frames.patches, -1)
+        return patches, x[:, self.frame_rows :, : self.action_dim]
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampled rows -> normalized actions [B, H, A]."""
+        return self.unpack(x)[1]
+
+    def future_frames(self, x: torch.Tensor) -> torch.Tensor:
+        """The sampled rows -> future frames [B, F, C, H, W] in [-1, 1] units."""
+        return self.frames.unpatchify(self.unpack(x)[0])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        patches, actions = self.unpack(x)
+        return torch.cat([self.frames.embed_patches(patches, self.first_future), self.actions.encode(actions)], dim=1)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        return self.pack(self.frames.decode_patches(h[:, : self.frame_rows]), self.actions.decode(h[:, self.frame_rows :]))
+
+    def token_levels(self, level: torch.Tensor) -> torch.Tensor:
+        """Per-row levels [B, R] -> per-token [B, F*P + H/patch]."""
+        return torch.cat([level[:, : self.frame_rows], self.actions.token_levels(level[:, self.frame_rows :])], dim=1)
+
+    def shape(self, b: int) -> tuple[int, int, int]:
+        return (b, self.frame_rows + self.horizon, self.width)
+
+    def token_mask(self) -> torch.Tensor:
+        """[N, N] bool over the tokens: frame tokens never attend to action tokens (PAD: the image
+        pathway does not depend on the actions); action tokens attend to everything."""
+        n = self.frame_rows + self.horizon // self.patch
+        mask = torch.ones(n, n, dtype=torch.bool)
+        mask[: self.frame_rows, self.frame_rows :] = False
+        return mask

@@ -157,6 +157,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         n_action_steps: Ta, actions executed per chunk (sets the default end padding).
         obs_keys: batch obs name -> store key, or list of store keys (low-dim: concatenated
             on the last axis; images: stacked as cameras), e.g. {"state": "state", "image": "img"}.
+        action_key: the store key of the actions; None for action-free video (samples then hold
+            no "action", but keep ``pad_mask["action"]``).
         key_offsets: batch name ("action" or an obs name) -> strictly increasing time offsets
             relative to the current step t (the last observation's step). A name left out
             (or None) gets the default window: obs ``range(-(To-1), 1)``, action
@@ -174,7 +176,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         n_obs_steps: int = 2,
         n_action_steps: int = 8,
         obs_keys: Mapping[str, str | Sequence[str]] | None = None,
-        action_key: str = "action",
+        action_key: str | None = "action",
         pad_before: int | None = None,
         pad_after: int | None = None,
         val_ratio: float = 0.0,
@@ -206,7 +208,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         else:
             buffer = ReplayBuffer.open(source)
         store_keys = list(dict.fromkeys(k for key in self.obs_keys.values() for k in self._as_list(key)))
-        needed = [action_key, *store_keys]
+        needed = [action_key, *store_keys] if action_key else store_keys
         missing = [k for k in needed if k not in buffer]
         if missing:
             raise DatasetError(
@@ -329,11 +331,10 @@ class SequenceDataset(torch.utils.data.Dataset):
             else:
                 shapes = [tuple(data[k].shape[1:]) or (1,) for k in keys]
                 obs[name] = [*shapes[0][:-1], sum(s[-1] for s in shapes)]
-        return {
-            "obs": obs,
-            "action": list(data[self.action_key].shape[1:]),
-            "steps": {name: len(offs) for name, offs in self.key_offsets.items()},
-        }
+        shapes = {"obs": obs, "steps": {name: len(offs) for name, offs in self.key_offsets.items()}}
+        if self.action_key:
+            shapes["action"] = list(data[self.action_key].shape[1:])
+        return shapes
 
     # -------------------------------------------------------------- gathering
     def _gather_obs(self, name: str, t):
@@ -379,11 +380,9 @@ class SequenceDataset(torch.utils.data.Dataset):
             for k, name in enumerate(names):
                 index[name] = t
                 pad_mask[name] = mask if k == 0 else mask.copy()  # no aliasing between names
-        out = {
-            "obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys},
-            "action": data[self.action_key][index[ACTION]].astype(np.float32),
-            "pad_mask": pad_mask,
-        }
+        out = {"obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys}, "pad_mask": pad_mask}
+        if self.action_key:
+            out["action"] = data[self.action_key][index[ACTION]].astype(np.float32)
         if self.extra_keys:
             t_id = np.clip(t_now, lo, hi)
             for key in self.extra_keys:
@@ -409,11 +408,9 @@ class SequenceDataset(torch.utils.data.Dataset):
                 index[name] = t
                 pad_mask[name] = mask.copy()  # each name its own array (ones is shared state)
         data = self.buffer.data
-        out = {
-            "obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys},
-            "action": np.asarray(data[self.action_key][index[ACTION]], dtype=np.float32),
-            "pad_mask": pad_mask,
-        }
+        out = {"obs": {name: self._gather_obs(name, index[name]) for name in self.obs_keys}, "pad_mask": pad_mask}
+        if self.action_key:
+            out["action"] = np.asarray(data[self.action_key][index[ACTION]], dtype=np.float32)
         for key in self.extra_keys:
             out[key] = np.int64(data[key][min(max(t_now, lo), hi)])
         return out
@@ -428,7 +425,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         steps = np.concatenate(
             [np.arange(s, e) for s, e, m in zip(self._episode_starts(), self.buffer.episode_ends, self.episode_mask) if m]
         )
-        arrays = {"action": self.buffer.data[self.action_key][steps]}
+        arrays = {"action": self.buffer.data[self.action_key][steps]} if self.action_key else {}
         for name in self.obs_keys:
             if name not in self._image_keys:
                 arrays[name] = self._gather_obs(name, steps)

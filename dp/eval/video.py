@@ -24,7 +24,7 @@ from dp.data import DatasetError, SequenceDataset, collate_batch
 from dp.errors import ConfigError
 from dp.policies.registry import load_policy
 from dp.video.metrics import psnr, ssim
-from dp.video.predictor import VideoPredictor, to_pixels, to_unit
+from dp.video.predictor import VideoPredictor
 
 
 def held_out_windows(cfg: dict, dataset: str | None) -> SequenceDataset:
@@ -77,14 +77,14 @@ def evaluate_video(checkpoint: str, n_clips: int = 64, output_dir: str | None = 
         t0 = time.perf_counter()
         pred = model.predict_frames(clip[:, :n_ctx])                 # [B, Tf, C, H, W] in [0, 1]
         seconds += time.perf_counter() - t0
-        truth = to_pixels(to_unit(clip[:, n_ctx:]))
-        copy = to_pixels(to_unit(clip[:, n_ctx - 1 : n_ctx])).expand_as(truth)
+        truth = clip[:, n_ctx:].float() / 255.0
+        copy = (clip[:, n_ctx - 1 : n_ctx].float() / 255.0).expand_as(truth)
         rows["pred_psnr"].append(psnr(pred, truth))
         rows["pred_ssim"].append(ssim(pred, truth))
         rows["copy_psnr"].append(psnr(copy, truth))
         rows["copy_ssim"].append(ssim(copy, truth))
         if len(grid_truth) < n_grid:
-            context = to_pixels(to_unit(clip[:, :n_ctx]))
+            context = clip[:, :n_ctx].float() / 255.0
             grid_truth.extend(torch.cat([context, truth], 1)[: n_grid - len(grid_truth)])
             grid_pred.extend(torch.cat([context, pred], 1)[: n_grid - len(grid_pred)])
     per = {k: torch.cat(v).mean(0).tolist() for k, v in rows.items()}  # mean over clips, per offset

@@ -95,6 +95,9 @@ class DenoisingPolicy(Policy):
         self.plugins = torch.nn.ModuleDict(plugins or {})
         self.initial_noise, self.stream_fraction, self.balance_weight = initial_noise, stream_fraction, balance_weight
         self.causal = causal  # target tokens attend left to right (autoregressive decoding)
+        # [N, N] bool among the target tokens, or None (PAD: frame tokens never attend to action tokens);
+        # a buffer, so it follows the policy's device, not saved
+        self.register_buffer("token_mask", None, persistent=False)
         self._episode_noise: torch.Tensor | None = None
         self.generator: torch.Generator | None = None  # set for reproducible sampling
         self.routes = RouteCache(self.dit, PREFIX_STEP)
@@ -198,7 +201,7 @@ class DenoisingPolicy(Policy):
         """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]."""
         level = self.process.model_level(x_t, level)
         return self.dit(self.codec.encode(self.process.model_input(x_t, level)), self.codec.token_levels(level),
-                        cache=cache, causal=self.causal)
+                        cache=cache, causal=self.causal, token_mask=self.token_mask)
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
         """Raw network output in the target's layout [B, H, A]."""
@@ -281,6 +284,11 @@ class DenoisingPolicy(Policy):
         sampled to continue them (real-time chunking, with hard inpainting in place of RTC's
         soft guidance). The returned chunk holds them at positions n_obs_steps - 1 onward."""
         obs = self.normalize_obs(self.obs_to_device(obs))
+        return self.normalizer.unnormalize("action", self.codec.output(self.sample_target(obs, committed)))
+
+    def sample_target(self, obs: dict, committed: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized obs -> the sampler's clean target in the codec's layout (``codec.output``
+        turns it into normalized actions)."""
         cached = self.routes.applies(self.sampler)
         if cached:
             self.routes.ensure(self.sampler, self.process, self.device)
@@ -289,4 +297,4 @@ class DenoisingPolicy(Policy):
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         known = self._committed_slice(committed, b)
         ctx = SampleContext(self, self.denoiser(cache, known, cached), b, obs, cache, known)
-        return self.normalizer.unnormalize("action", self.codec.output(self.sampler.generate(ctx)))
+        return self.sampler.generate(ctx)

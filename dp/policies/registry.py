@@ -30,6 +30,7 @@ POLICIES: dict[str, str] = {
     "dp.policies.ddvla.DDVLAPolicy": "dp.policies.ddvla",
     "dp.policies.ddvla.ARTokensPolicy": "dp.policies.ddvla",
     "dp.policies.rdt.RDTPolicy": "dp.policies.rdt",
+    "dp.policies.pad.PADPolicy": "dp.policies.pad",
     "dp.video.predictor.VideoPredictor": "dp.video.predictor",
 }
 PLAIN_SCALARS = (type(None), bool, int, float, str)

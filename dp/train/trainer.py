@@ -28,6 +28,7 @@ from dp.checkpoint import (
     save_checkpoint, verify,
 )
 from dp.data import DatasetError, SequenceDataset, collate_batch
+from dp.data.cotrain import CoTrainDataset
 from dp.data.mixture import MixtureDataset
 from dp.data.atomic import GracefulInterrupt
 from dp.errors import ConfigError, UserError
@@ -66,7 +67,7 @@ def obs_keys_for(task_cfg) -> dict:
     raise ConfigError(f"task.obs must be 'state' or 'image' (or set task.obs_keys), got {obs!r}.")
 
 
-def shape_meta_of(dataset: SequenceDataset | MixtureDataset) -> dict:
+def shape_meta_of(dataset: SequenceDataset | MixtureDataset | CoTrainDataset) -> dict:
     shapes = dataset.sample_shapes()  # images channels first
     if isinstance(dataset, MixtureDataset):  # unified space: the embodiments index the normalizers
         meta = {"action": shapes["action"], "obs": shapes["obs"], "embodiments": shapes["embodiments"],
@@ -81,7 +82,7 @@ def shape_meta_of(dataset: SequenceDataset | MixtureDataset) -> dict:
     return meta
 
 
-def open_dataset(cfg) -> SequenceDataset | MixtureDataset:
+def open_dataset(cfg) -> SequenceDataset | MixtureDataset | CoTrainDataset:
     p = cfg.policy
     if cfg.task.get("datasets"):  # a mixture of stores and embodiments in the unified space
         return MixtureDataset(
@@ -103,6 +104,9 @@ def open_dataset(cfg) -> SequenceDataset | MixtureDataset:
         key_offsets=OmegaConf.to_container(p.key_offsets, resolve=True) if p.get("key_offsets") else None,
     )
     check_dataset_task(dataset.attrs, cfg.task, path)
+    if cfg.task.get("video_datasets"):  # co-training on action-free video (PAD)
+        return CoTrainDataset(dataset, OmegaConf.to_container(cfg.task.video_datasets, resolve=True),
+                              cfg.task.get("video_fraction", 0.3), key_offsets=dataset.key_offsets)
     return dataset
 
 

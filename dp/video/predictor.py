@@ -28,7 +28,7 @@ from torch import nn
 
 from dp.core import DiT
 from dp.core.attention import FrameLayout, SparseState, video_kernels
-from dp.core.codecs import FramePatchCodec
+from dp.core.codecs import FramePatchCodec, pixels_to_unit, unit_to_image
 from dp.data.normalizer import Normalizer
 from dp.diffusion import GaussianProcess, make_sampler
 from dp.diffusion.protocol import check_pairing
@@ -37,16 +37,6 @@ from dp.errors import ConfigError
 DEFAULT_PROCESS = {"schedule": "vp_cosine", "prediction": "x0", "train_steps": 1000, "clip_x0": 1.0}
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 10}
 DEFAULT_SPARSE = {"dense_calls": 1, "sample_rows": 16}
-
-
-def to_unit(frames: torch.Tensor) -> torch.Tensor:
-    """uint8-range pixels [..., 0..255] -> [-1, 1] floats."""
-    return frames.float() / 127.5 - 1.0
-
-
-def to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> [0, 1] floats (clamped)."""
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 class VideoPredictor(nn.Module):
@@ -119,7 +109,7 @@ class VideoPredictor(nn.Module):
         return self.codec.decode(self.dit(tokens, self.codec.token_levels(level), cache=self.dit.encode_condition()))
 
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        x0 = to_unit(batch["obs"][self.camera])                                # [B, T, C, H, W]
+        x0 = pixels_to_unit(batch["obs"][self.camera])  # [B, T, C, H, W]
         b, t = x0.shape[:2]
         level = self.process.sample_level((b, t), device=x0.device)
         level[:, : self.n_context] = 0.0
@@ -141,7 +131,7 @@ class VideoPredictor(nn.Module):
         if context.shape[1] != self.n_context:
             raise ValueError(f"predict_frames takes the {self.n_context} context frame(s) at offsets "
                              f"{self.offsets[: self.n_context]}; got {context.shape[1]}.")
-        ctx = to_unit(context)
+        ctx = pixels_to_unit(context)
         b = ctx.shape[0]
         x = self.process.prior(self.codec.shape(b), device=self.device, generator=self.generator)
         x[:, : self.n_context] = ctx
@@ -156,7 +146,7 @@ class VideoPredictor(nn.Module):
             return x0
 
         out = self.sampler.sample(denoise, self.process, x, levels=grid, generator=self.generator)
-        return to_pixels(out[:, self.n_context:])
+        return unit_to_image(out[:, self.n_context:])
 
     @torch.inference_mode()
     def rollout(self, context: torch.Tensor, n_future: int) -> torch.Tensor:
