@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Video prediction, sparse attention, and PAD against the image dit, with and without co-training.
+# Each step skips itself when its result exists, so an interrupted run resumes.
+#   bash scripts/video_pad_experiments.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .venv/bin/activate
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+VIDEO_STEPS=${VIDEO_STEPS:-4000}
+POLICY_STEPS=${POLICY_STEPS:-3000}
+EPISODES=${EPISODES:-50}
+
+collect() {  # collect TASK N OUT
+  [ -e "$3" ] || dp-collect task="$1" n_episodes="$2" obs=image output="$3" progress=false
+}
+train() {  # train OUT ARGS...: skipped when OUT has finished
+  local out=$1; shift
+  [ -e "$out/.done" ] && return 0
+  dp-train output_dir="$out" resume=true progress=false "$@" && touch "$out/.done"
+}
+
+collect mw_push 100 data/mw_push_img.zarr
+collect rs_lift 100 data/rs_lift_img.zarr
+collect mw3 50 data/mw3_img.zarr
+collect mw_door_open 50 data/mw_door_open_img.zarr
+collect mw_window_open 50 data/mw_window_open_img.zarr
+
+# future frames: 8-frame clips (2 context, 6 predicted), 10% of episodes held out
+for name in mw_push rs_lift; do
+  train "runs/video_$name" task="$name" task.obs=image task.dataset_path="data/${name}_img.zarr" policy=video \
+    training.steps="$VIDEO_STEPS" training.batch_size=16 training.val_ratio=0.1
+  for steps in 10 1; do  # DDIM 10 (a sample) and 1 (the model's mean estimate in one step)
+    out="bench/results/video_${name}_ddim$steps"
+    [ -e "$out/video_eval.json" ] || dp-video-eval checkpoint="runs/video_$name" n_clips=64 output_dir="$out" \
+      "sampler={name: ddim, steps: $steps}" progress=false
+  done
+done
+[ -e bench/results/video_sparse.json ] || dp-bench video_sparse --checkpoint runs/video_mw_push
+
+# PAD against the image dit on three tasks with language, the same steps and batch
+LANG='policy.language={encoder: builtin, layers: 2}'
+train runs/mw3_dit task=mw3 policy=dit "$LANG" training.steps="$POLICY_STEPS"
+train runs/mw3_pad task=mw3 policy=pad "$LANG" training.steps="$POLICY_STEPS"
+train runs/mw3_pad_cotrain task=mw3 policy=pad "$LANG" training.steps="$POLICY_STEPS" \
+  'task.video_datasets=[{path: data/mw_door_open_img.zarr}, {path: data/mw_window_open_img.zarr}]'
+for run in mw3_dit mw3_pad mw3_pad_cotrain; do
+  [ -e "runs/$run/eval/report.json" ] || dp-eval checkpoint="runs/$run" n_episodes="$EPISODES" n_envs=25 progress=false
+done
+echo "video and PAD experiments done"
