@@ -164,3 +164,25 @@ def test_video_needs_an_image_store_and_a_future_frame(tmp_path, image_store):
         VideoPredictor({"obs": {"image": [3, 24, 24]}}, {"image": [-2, -1, 0]})
     with pytest.raises(ConfigError, match="not divisible"):
         Trainer(video_cfg(image_store, tmp_path / "run", "policy.patch=7"))
+
+
+def test_rollout_goes_past_the_trained_clip_and_attention_is_swappable():
+    model = VideoPredictor({"obs": {"image": [3, 24, 24]}}, {"image": [-2, 0, 2, 4]}, patch=12, dim=32, depth=2,
+                           heads=2, sampler={"name": "ddim", "steps": 2})
+    for m in model.modules():  # adaLN-Zero: a fresh model's blocks are the identity and its head predicts zeros
+        if isinstance(m, torch.nn.Linear) and not m.weight.any():
+            torch.nn.init.normal_(m.weight, std=0.05)
+    context = torch.randint(0, 256, (1, 2, 3, 24, 24), dtype=torch.uint8)
+    calls = []
+    predict = model.predict_frames
+    model.predict_frames = lambda ctx: (calls.append(ctx.clone()), predict(ctx))[1]
+    frames = model.rollout(context, 5)  # the clip predicts 2 frames: three clips, each fed the last two
+    assert frames.shape == (1, 5, 3, 24, 24) and len(calls) == 3
+    torch.testing.assert_close(calls[1], torch.cat([context.float(), frames[:, :2] * 255], 1)[:, -2:])
+    outs = {}
+    for attention in ("full", "factorized", "sparse"):
+        model.set_attention(attention)
+        model.generator = torch.Generator().manual_seed(0)
+        outs[attention] = predict(context)
+    assert not torch.allclose(outs["full"], outs["factorized"])
+    assert model.config["attention"] == "sparse"
