@@ -55,6 +55,7 @@ from torch import nn
 
 from dp.core.embeddings import LevelEmbedding
 from dp.core.layers import KV, MLP, CrossAttention, SelfAttention, SwiGLU, make_norm, modulate, swiglu_hidden
+from dp.core.switch import DiffusionPrior, LevelGatedMask
 from dp.errors import ConfigError
 
 COND_MODES = ("prefix", "cross", "alternating")
@@ -130,8 +131,9 @@ def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 class DiTBlock(nn.Module):
     def __init__(self, dim: int, heads: int, ffn: nn.Module, norm: str = "layer", qk_norm: bool = False,
-                 cross: bool = False, level_cond: str = "adaln"):
+                 cross: bool = False, level_cond: str = "adaln", switch: nn.Module | None = None):
         super().__init__()
+        self.switch = switch  # Switch-DiT's level-gated channel mask (dp/core/switch.py), or None
         self.norm1 = make_norm(norm, dim, affine=False)
         self.attn = SelfAttention(dim, heads, qk_norm, norm)
         self.norm2 = make_norm(norm, dim, affine=False)
@@ -163,7 +165,15 @@ class DiTBlock(nn.Module):
 
         ``mod`` is ``self.modulation(c)`` when the caller precomputed it. Each modulation and
         gated residual is one fused ``addcmul``: at batch 1 the per-op cost, not the
-        arithmetic, is what a denoising step spends its time on."""
+        arithmetic, is what a denoising step spends its time on. With a ``switch``, the block
+        runs on ``x * m`` and adds back ``(1 - m) * x`` (m: the level-gated channel mask)."""
+        if self.switch is None:
+            return self._run(x, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask)
+        m = self.switch(x, level_emb, step)
+        y, kv = self._run(x * m, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask)
+        return y + (1 - m) * x, kv
+
+    def _run(self, x, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask):
         mod = self.modulation(c) if mod is None else mod
         if self.ada is None:  # level_cond "add" (c added before attention) or "token" (c not read here)
             h, kv = self.attn(self.norm1(x) + mod[0] if self.add_level else self.norm1(x), prefix_kv, mask)
@@ -198,6 +208,7 @@ class DiT(nn.Module):
         ffn: FFNFactory = dense_ffn,
         level_cond: str = "adaln",
         level_token: bool = False,
+        switch: dict | None = None,
     ):
         super().__init__()
         if cond_mode not in COND_MODES:
@@ -212,9 +223,14 @@ class DiT(nn.Module):
         self.level_emb = LevelEmbedding(dim)
         hidden = int(dim * mlp_ratio)
         cross = cond_mode in ("cross", "alternating")
+        switch = dict(switch or {})
         self.blocks = nn.ModuleList(
-            DiTBlock(dim, heads, ffn(dim, hidden, i), norm, qk_norm, cross, level_cond) for i in range(depth)
+            DiTBlock(dim, heads, ffn(dim, hidden, i), norm, qk_norm, cross, level_cond,
+                     LevelGatedMask(dim, switch["num_experts"], switch["top_k"]) if switch else None)
+            for i in range(depth)
         )
+        self.switch_prior = DiffusionPrior(depth, switch["num_experts"], switch["top_k"], switch.get("levels", 1000),
+                                           switch.get("alpha", 4.0)) if switch else None
         if level_cond == "adaln":
             self.final_norm = make_norm(norm, dim, affine=False)
             self.final_ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
@@ -223,6 +239,11 @@ class DiT(nn.Module):
         else:
             self.final_norm, self.final_ada = make_norm(norm, dim), None
         self._init_linears()
+
+    def switch_loss(self, level: torch.Tensor) -> torch.Tensor:
+        """Switch-DiT's diffusion prior loss after a forward pass at per-sample levels [B]."""
+        table = self.level_emb(torch.linspace(0, 1, self.switch_prior.levels, device=level.device)[None])[0]
+        return self.switch_prior.loss([b.switch for b in self.blocks], table, level)
 
     def _init_linears(self) -> None:
         zero = {id(b.ada[1]) for b in self.blocks if b.ada is not None}

@@ -261,14 +261,19 @@ class RouteCache:
     def ffns(self) -> list[NoiseRoutedMoE]:
         return [blk.ffn for blk in self.dit.blocks if isinstance(blk.ffn, NoiseRoutedMoE)]
 
+    def routed(self) -> list[nn.Module]:
+        """Every module whose route depends on the level only: MoE ffns and Switch-DiT masks
+        (each has ``build_cache(level_embs, keys)`` and ``clear_cache()``)."""
+        return [*self.ffns(), *(blk.switch for blk in self.dit.blocks if getattr(blk, "switch", None) is not None)]
+
     def applies(self, sampler) -> bool:
-        return self.enabled and bool(self.ffns()) and getattr(sampler, "fixed_levels", False)
+        return self.enabled and bool(self.routed()) and getattr(sampler, "fixed_levels", False)
 
     def _key(self, sampler) -> tuple:
         """What the routes depend on: the sampler, the level embedding and the ffn weights. The
         parameters are listed once per cache (walking the module tree cost 0.07 ms a prediction)."""
         if self._params is None:
-            self._params = [*self.dit.level_emb.parameters(), *(p for f in self.ffns() for p in f.parameters())]
+            self._params = [*self.dit.level_emb.parameters(), *(p for f in self.routed() for p in f.parameters())]
         return (sampler.name, sampler.steps, weights_key(self._params))
 
     def ensure(self, sampler, process, device) -> None:
@@ -280,8 +285,8 @@ class RouteCache:
         levels = sampler.call_levels(process)
         with torch.no_grad():
             emb = self.dit.level_emb(torch.tensor([[0.0, *levels]], device=device))[0]  # [1 + C, D]
-        for ffn in self.ffns():
-            ffn.build_cache(emb, keys=[self.prefix_step, *range(len(levels))])
+        for module in self.routed():
+            module.build_cache(emb, keys=[self.prefix_step, *range(len(levels))])
         self.levels = levels
         self._built_for = self._key(sampler)
 
@@ -289,8 +294,8 @@ class RouteCache:
         return self.levels is not None and i < len(self.levels) and bool((level == self.levels[i]).all())
 
     def clear(self) -> None:
-        for ffn in self.ffns():
-            ffn.clear_cache()
+        for module in self.routed():
+            module.clear_cache()
         self.levels, self._built_for, self._params = None, None, None
 
 

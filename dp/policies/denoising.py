@@ -23,6 +23,7 @@ import torch
 from dp.core import ConditionCache
 from dp.core.dit import PREFIX_STEP
 from dp.core.moe import RouteCache, balance_loss, router_stats
+from dp.core.switch import switch_stats
 from dp.diffusion import make_sampler
 from dp.diffusion.protocol import check_pairing
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
@@ -79,7 +80,7 @@ class DenoisingPolicy(Policy):
     def __init__(self, config: dict, *, shape_meta: dict, horizon: int, n_obs_steps: int, n_action_steps: int,
                  obs_encoder, language, codec, process, dit, sampler: dict, initial_noise: str = "call",
                  stream_fraction: float = 0.0, balance_weight: float = 0.0, plugins: dict | None = None,
-                 causal: bool = False):
+                 causal: bool = False, switch_weight: float = 0.0):
         super().__init__(config)
         if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
             raise ConfigError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
@@ -94,6 +95,7 @@ class DenoisingPolicy(Policy):
         self.instructions = list(shape_meta.get("instructions") or [])
         self.plugins = torch.nn.ModuleDict(plugins or {})
         self.initial_noise, self.stream_fraction, self.balance_weight = initial_noise, stream_fraction, balance_weight
+        self.switch_weight = switch_weight  # Switch-DiT's diffusion prior loss weight (w_JSD)
         self.causal = causal  # target tokens attend left to right (autoregressive decoding)
         # [N, N] bool among the target tokens, or None (PAD: frame tokens never attend to action tokens);
         # a buffer, so it follows the policy's device, not saved
@@ -272,6 +274,11 @@ class DenoisingPolicy(Policy):
             balance = balance_loss(ffns)
             out.update(mse=out["loss"], balance_loss=balance, loss=out["loss"] + self.balance_weight * balance)
             out.update(router_stats(ffns, level[:, 0]))
+        if getattr(self.dit, "switch_prior", None) is not None:  # Switch-DiT: the diffusion prior loss
+            prior = self.dit.switch_loss(level[:, 0])
+            out.update(mse=out.get("mse", out["loss"]), switch_prior_loss=prior.detach(),
+                       loss=out["loss"] + self.switch_weight * prior)
+            out.update(switch_stats([b.switch for b in self.dit.blocks], level[:, 0]))
         return out
 
     @torch.inference_mode()

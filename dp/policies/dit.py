@@ -35,6 +35,8 @@ DEFAULT_MOE = {"num_experts": 4, "top_k": 2, "shared_expert": False, "balance_we
 # streaming.train_fraction: share of training samples whose levels are staggered by chunk (SDP: 0.8);
 # 0 trains the usual one level per sample
 DEFAULT_STREAMING = {"train_fraction": 0.0}
+# Switch-DiT's level-gated masks: num_experts 0 = off; the official DMoE config: 3 experts, top-2, w_JSD 1
+DEFAULT_SWITCH = {"num_experts": 0, "top_k": 2, "prior_weight": 1.0, "alpha": 4.0, "levels": 1000}
 
 
 def _options(name: str, given: dict | None, defaults: dict) -> dict:
@@ -100,6 +102,7 @@ class DiTPolicy(DenoisingPolicy):
         streaming: dict | None = None,
         anchors: dict | None = None,
         obs_tokens: str = "per_key",
+        switch: dict | None = None,
     ):
         config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         config["_target_"] = f"{type(self).__module__}.{type(self).__qualname__}"
@@ -110,12 +113,16 @@ class DiTPolicy(DenoisingPolicy):
         if not 0 <= streaming["train_fraction"] <= 1:
             raise ConfigError(f"streaming.train_fraction must be in [0, 1], got {streaming['train_fraction']}.")
         anchors = anchor_options(anchors)
+        switch = _options("switch", switch, DEFAULT_SWITCH)
+        if switch["num_experts"] and (switch["prior_weight"] < 0 or not 1 <= switch["top_k"] <= switch["num_experts"]):
+            raise ConfigError(f"switch needs 1 <= top_k <= num_experts and prior_weight >= 0; got {switch}.")
         action_dim = int(shape_meta["action"][0])
         process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
         # built in this order so that a seed gives the weights it gave before the composition
         obs_encoder = obs_encoder_for(obs_tokens, shape_meta, dim, n_obs_steps, image_encoder, language)
         dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, ffn=ffn_factory(ffn, moe),
-                  level_cond=level_cond, level_token=level_token)
+                  level_cond=level_cond, level_token=level_token,
+                  switch={k: switch[k] for k in ("num_experts", "top_k", "alpha", "levels")} if switch["num_experts"] else None)
         language = pooled_language_for(obs_tokens, language, shape_meta, dim)
         codec = ContinuousActionCodec(action_dim, dim, horizon, action_patch)
         plugins = {}
@@ -126,7 +133,7 @@ class DiTPolicy(DenoisingPolicy):
             obs_encoder=obs_encoder, language=language, codec=codec, process=process, dit=dit,
             sampler={**DEFAULT_SAMPLER, **(sampler or {})}, initial_noise=initial_noise,
             stream_fraction=float(streaming["train_fraction"]), balance_weight=float(moe["balance_weight"]),
-            plugins=plugins,
+            plugins=plugins, switch_weight=float(switch["prior_weight"]) if switch["num_experts"] else 0.0,
         )
 
     def active_parameters(self, module: nn.Module | None = None) -> int:
