@@ -209,6 +209,7 @@ class DiT(nn.Module):
         level_cond: str = "adaln",
         level_token: bool = False,
         switch: dict | None = None,
+        span_embedding: bool = False,
     ):
         super().__init__()
         if cond_mode not in COND_MODES:
@@ -221,6 +222,8 @@ class DiT(nn.Module):
         self.dim, self.depth, self.cond_mode = dim, depth, cond_mode
         self.level_cond, self.level_token = level_cond, level_token
         self.level_emb = LevelEmbedding(dim)
+        # MeanFlow's second time input: the span t - r of the interval, embedded like the level and added to it
+        self.span_emb = LevelEmbedding(dim) if span_embedding else None
         hidden = int(dim * mlp_ratio)
         cross = cond_mode in ("cross", "alternating")
         switch = dict(switch or {})
@@ -254,8 +257,10 @@ class DiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        nn.init.normal_(self.level_emb.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.level_emb.mlp[2].weight, std=0.02)
+        for emb in (self.level_emb, self.span_emb):
+            if emb is not None:
+                nn.init.normal_(emb.mlp[0].weight, std=0.02)
+                nn.init.normal_(emb.mlp[2].weight, std=0.02)
 
     # ------------------------------------------------------------------ condition
     def encode_condition(self, cond=None, context: torch.Tensor | None = None,
@@ -317,23 +322,28 @@ class DiT(nn.Module):
     # ------------------------------------------------------------------ denoise
     def forward(self, x: torch.Tensor, level: torch.Tensor, cond=None, context=None,
                 cache: ConditionCache | None = None, causal: bool = False,
-                token_mask: torch.Tensor | None = None) -> torch.Tensor:
+                token_mask: torch.Tensor | None = None, span: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, N, D], level [B, N] in [0, 1] -> [B, N, D]. Pass ``cache`` or ``cond``/``context``.
         ``causal``: token i of x attends to the condition and to tokens 0..i only (autoregressive
         training; ``extend`` decodes such a model token by token).
         ``token_mask``: [N, N] bool, True where token i of x may attend to token j of x (PAD: image
-        tokens never attend to action tokens); condition tokens stay visible to all."""
+        tokens never attend to action tokens); condition tokens stay visible to all.
+        ``span``: [B, N], MeanFlow's t - r per token (needs ``span_embedding=True``)."""
         if level.shape != x.shape[:2]:
             raise ValueError(f"level must be [B, N] = {tuple(x.shape[:2])}, got {tuple(level.shape)}.")
         if cache is None:
             cache = self.encode_condition(cond, context)
         if self.cond_mode != "prefix" and cache.cross_kv and cache.cross_kv[0] is None:
             raise ValueError(f"cond_mode {self.cond_mode!r} needs condition tokens; got none.")
-        terms = cache.level_terms_for(level)
+        if (span is None) != (self.span_emb is None):
+            raise ValueError("a DiT with span_embedding takes span=[B, N] (MeanFlow's t - r), and only such a DiT does.")
+        terms = cache.level_terms_for(level) if span is None else None
         if terms is None:
-            if level.shape[1] > 1 and bool((level == level[:, :1]).all()):
+            if level.shape[1] > 1 and bool((level == level[:, :1]).all()) and (
+                    span is None or bool((span == span[:, :1]).all())):
                 level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
-            level_emb, c = self._level_embedding(level, cache.context)
+                span = None if span is None else span[:, :1]
+            level_emb, c = self._level_embedding(level, cache.context, span)
             mods = [None] * self.depth
             final_out = self.final_ada(c) if self.final_ada is not None else None
             if self.level_token and c.shape[1] > 1:  # per-token levels: the level token takes the first token's
@@ -428,8 +438,8 @@ class DiT(nn.Module):
         """torch.compile the per-step path (``run_blocks``); level lookups stay eager."""
         self.run_blocks = torch.compile(self.run_blocks, **compile_kwargs)
 
-    def _level_embedding(self, level: torch.Tensor, context: torch.Tensor | None):
-        level_emb = self.level_emb(level)
+    def _level_embedding(self, level: torch.Tensor, context: torch.Tensor | None, span: torch.Tensor | None = None):
+        level_emb = self.level_emb(level) if span is None else self.level_emb(level) + self.span_emb(span)
         return level_emb, (level_emb if context is None else level_emb + context[:, None])
 
     def prepare_levels(self, cache: ConditionCache, levels: torch.Tensor) -> None:

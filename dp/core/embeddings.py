@@ -20,8 +20,9 @@ LEVEL_SCALE = 1000.0
 def sinusoidal(x: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
     """Sinusoidal features of a real tensor: [...] -> [..., dim] (cos half, then sin half)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    args = x.float()[..., None] * freqs
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32  # at least float32 (levels x 1000)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=x.device, dtype=dtype) / half)
+    args = x.to(dtype)[..., None] * freqs
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[..., :1])], dim=-1)

@@ -9,6 +9,8 @@ whose level is already 0 is left as it is; a step that ends at level 0 returns x
 - ``ddim``: deterministic (eta 0) x_s = alpha_s x0_hat + sigma_s eps_hat.
 - ``dpm_solver_pp``: DPM-Solver++(2M), multistep second order in log-SNR.
 - ``euler`` / ``heun``: the probability-flow ODE, first / second order (see Euler).
+- ``meanflow``: DDIM on a MeanFlow process, whose network also takes the step's end level:
+  ``denoise(x_t, t, s)`` whenever ``process.interval_network`` (dp/diffusion/meanflow.py).
 
 A policy drives every sampler the same way, with no branch on its name:
 
@@ -66,7 +68,7 @@ class Sampler:
         sampler, including those that call the network twice per step."""
         seen: list[float] = []
 
-        def record(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def record(x_t: torch.Tensor, t: torch.Tensor, *_) -> torch.Tensor:
             seen.append(float(t.reshape(-1)[0]))
             return torch.zeros_like(x_t)
 
@@ -91,9 +93,10 @@ class Sampler:
         ends_all, ends_any = ends.all(1).tolist(), ends.any(1).tolist()  # one host sync, not one per step
         # alpha and sigma of the whole grid in one batched call, looked up by the steps below
         with process.remember_levels(rows, *process.alpha_sigma(grid)):
+            interval = getattr(process, "interval_network", False)  # MeanFlow: the network takes the step's end
             for i in range(grid.shape[0] - 1):
                 t, s = rows[i], rows[i + 1]
-                x0 = denoise(x, t)
+                x0 = denoise(x, t, s) if interval else denoise(x, t)
                 stepped = self.step(denoise, process, x, x0, t, s, generator)
                 if ends_all[i]:
                     stepped = x0  # a step that ends at level 0 returns x0_hat
@@ -195,7 +198,16 @@ class Heun(Euler):
         return x + self.increment(process, x, 0.5 * (x0 + x0_s), 0.5 * (eps + eps_s), t, s)
 
 
-SAMPLERS = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP, Euler, Heun)}
+class MeanFlowSampler(DDIM):
+    """MeanFlow's sampler (dp/diffusion/meanflow.py): z <- z - (t - s) u(z, s, t) over ``steps``
+    uniform intervals (1 or 2 in the paper); DDIM on the flow path with the step's end passed
+    to the network."""
+
+    name = "meanflow"
+    process_kinds = ("meanflow",)
+
+
+SAMPLERS = {cls.name: cls for cls in (DDPM, DDIM, DPMSolverPP, Euler, Heun, MeanFlowSampler)}
 
 
 def gaussian_sampler(name: str, steps: int = 10) -> Sampler:

@@ -85,7 +85,6 @@ class StreamingSampler:
     ``base``: the sampler that takes each pass (ddim by default) on per-token levels."""
 
     name = "streaming"
-    process_kinds = ("gaussian",)
     fixed_levels = False  # levels differ per token and per call
 
     def __init__(self, steps: int = 2, base: str = "ddim"):
@@ -93,6 +92,7 @@ class StreamingSampler:
             raise ConfigError(f"streaming: steps must be >= 1, got {steps}.")
         self.steps = int(steps)
         self.base = gaussian_sampler(base, 1)
+        self.process_kinds = self.base.process_kinds  # base=meanflow streams a MeanFlow policy
         self.buffer: torch.Tensor | None = None  # [B, H, A], normalized units
         self.levels: torch.Tensor | None = None  # [B, H], the buffer's levels at the start of a call
 

@@ -141,6 +141,11 @@ class DenoisingPolicy(Policy):
         for plugin in self.plugins.values():
             plugin.fit_to_data(self, dataset)
 
+    def begin_training_step(self, step: int) -> None:
+        """Trainer hook before each step: a process with a curriculum (MeanFlow's) reads the step."""
+        if hasattr(self.process, "begin_step"):
+            self.process.begin_step(step)
+
     def reset(self) -> None:
         super().reset()
         self._episode_noise = None
@@ -199,15 +204,19 @@ class DenoisingPolicy(Policy):
         whole = Tokens.cat(*order)
         return self.dit.encode_condition(whole.x, levels=levels, prefix_step=prefix_step, cond_mask=whole.mask)
 
-    def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
-        """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]."""
+    def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache,
+                        span: torch.Tensor | None = None) -> torch.Tensor:
+        """The core's output tokens [B, N, D] for a noisy normalized target at levels [B, H]
+        (``span`` [B, H]: MeanFlow's t - r)."""
         level = self.process.model_level(x_t, level)
         return self.dit(self.codec.encode(self.process.model_input(x_t, level)), self.codec.token_levels(level),
-                        cache=cache, causal=self.causal, token_mask=self.token_mask)
+                        cache=cache, causal=self.causal, token_mask=self.token_mask,
+                        span=None if span is None else self.codec.token_levels(span))
 
-    def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache) -> torch.Tensor:
+    def network(self, x_t: torch.Tensor, level: torch.Tensor, cache: ConditionCache,
+                span: torch.Tensor | None = None) -> torch.Tensor:
         """Raw network output in the target's layout [B, H, A]."""
-        return self.codec.decode(self.denoiser_tokens(x_t, level, cache))
+        return self.codec.decode(self.denoiser_tokens(x_t, level, cache, span))
 
     def prior_sample(self, b: int) -> torch.Tensor:
         """The sampler's start [B, H, A]: fresh per prediction (``initial_noise="call"``,
@@ -230,13 +239,17 @@ class DenoisingPolicy(Policy):
 
     def denoiser(self, cache: ConditionCache, known=None, cached: bool = False):
         """The sampler's ``denoise(x_t, level) -> x0`` for one prediction: the network, the
-        process's x0, committed actions inpainted, and the call index for cached routes."""
+        process's x0, committed actions inpainted, and the call index for cached routes. A
+        MeanFlow process also gets the step's end level ``target`` (the network's span is
+        level - target; without a target, the whole way to 0)."""
         calls = itertools.count()
+        interval = getattr(self.process, "interval_network", False)
 
-        def denoise(x_t, level):
+        def denoise(x_t, level, target=None):
             i = next(calls)
             cache.step = i if cached and self.routes.on_grid(i, level) else None
-            return inpaint(self.process.to_x0(self.network(x_t, level, cache).float(), x_t, level), known)
+            span = (level if target is None else level - target) if interval else None
+            return inpaint(self.process.to_x0(self.network(x_t, level, cache, span).float(), x_t, level), known)
 
         return denoise
 
@@ -264,8 +277,11 @@ class DenoisingPolicy(Policy):
         x0 = self.codec.target(self.normalizer.normalize("action", batch["action"].float()))
         cache = self.encode_obs(obs)
         level = self.training_levels(x0.shape[0], x0.device)
-        x_t, aux = self.process.corrupt(x0, level)
-        loss = self.process.loss(self.network(x_t, level, cache), x0, aux, level)
+        if hasattr(self.process, "training_loss"):  # a process that calls the network itself (MeanFlow's JVP)
+            loss = self.process.training_loss(lambda x_t, lv, span: self.network(x_t, lv, cache, span), x0, level)
+        else:
+            x_t, aux = self.process.corrupt(x0, level)
+            loss = self.process.loss(self.network(x_t, level, cache), x0, aux, level)
         out = {"loss": loss}
         for plugin in self.plugins.values():
             out = plugin.training_terms(self, obs, x0, out)
@@ -299,7 +315,9 @@ class DenoisingPolicy(Policy):
         cached = self.routes.applies(self.sampler)
         if cached:
             self.routes.ensure(self.sampler, self.process, self.device)
-        levels = self.sampler.levels(self.process, self.device) if self.sampler.fixed_levels else None
+        # the level-only terms of the sampler's grid, computed once (not with a span: MeanFlow's depend on it)
+        fixed = self.sampler.fixed_levels and not getattr(self.process, "interval_network", False)
+        levels = self.sampler.levels(self.process, self.device) if fixed else None
         cache = self.encode_obs(obs, levels=levels, prefix_step=PREFIX_STEP if cached else None)
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
         known = self._committed_slice(committed, b)

@@ -16,7 +16,7 @@ from dp.core import DiT
 from dp.core.codecs import ContinuousActionCodec
 from dp.core.dit import dense_ffn, swiglu_ffn
 from dp.core.moe import active_parameters, moe_ffn
-from dp.diffusion import GaussianProcess
+from dp.diffusion import make_process
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder
 from dp.encoders.tokens import ObservationTokens
@@ -117,11 +117,11 @@ class DiTPolicy(DenoisingPolicy):
         if switch["num_experts"] and (switch["prior_weight"] < 0 or not 1 <= switch["top_k"] <= switch["num_experts"]):
             raise ConfigError(f"switch needs 1 <= top_k <= num_experts and prior_weight >= 0; got {switch}.")
         action_dim = int(shape_meta["action"][0])
-        process = GaussianProcess(**{**DEFAULT_PROCESS, **(process or {})})
+        process = make_process(process, DEFAULT_PROCESS)  # {name: meanflow, ...} is MeanFlow
         # built in this order so that a seed gives the weights it gave before the composition
         obs_encoder = obs_encoder_for(obs_tokens, shape_meta, dim, n_obs_steps, image_encoder, language)
         dit = DiT(dim, depth, heads, mlp_ratio, norm, qk_norm, cond_mode, ffn=ffn_factory(ffn, moe),
-                  level_cond=level_cond, level_token=level_token,
+                  level_cond=level_cond, level_token=level_token, span_embedding=getattr(process, "interval_network", False),
                   switch={k: switch[k] for k in ("num_experts", "top_k", "alpha", "levels")} if switch["num_experts"] else None)
         language = pooled_language_for(obs_tokens, language, shape_meta, dim)
         codec = ContinuousActionCodec(action_dim, dim, horizon, action_patch)

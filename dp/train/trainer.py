@@ -271,6 +271,8 @@ class Trainer:
     def train_step(self) -> float:
         torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, self.dist.rank, self.step]).generate_state(1)[0]))
         self.policy.train()
+        if hasattr(self.policy, "begin_training_step"):  # e.g. MeanFlow's curriculum reads the step
+            self.policy.begin_training_step(self.step)
         batch = self._batch(self.batches.indices(self.step))
         with self._autocast():
             out = self.loss_fn(batch)
