@@ -117,3 +117,17 @@ def test_one_step_meanflow_learns_a_deterministic_chunk():
         opt.step()
         schedule.step()
     assert error(1) < 0.3 * before and error(2) < 0.1 * before
+
+
+def test_the_trainer_drives_the_curriculum_and_a_dit_config_cannot_half_switch(tmp_path):
+    from train_helpers import TINY_DIT, toy_dataset, train_cfg
+
+    from dp.train.trainer import Trainer
+
+    data = toy_dataset(tmp_path, n_episodes=4)
+    trainer = Trainer(train_cfg(data, tmp_path / "run", "policy=meanflow", *TINY_DIT, "training.steps=3",
+                                "policy.process.curriculum_steps=2"))
+    trainer.run()
+    assert trainer.policy.process.step == 2  # the last step ran with the step index 2: past the curriculum
+    with pytest.raises(ConfigError, match="policy=meanflow"):
+        Trainer(train_cfg(data, tmp_path / "run2", "policy=dit", "+policy.process.name=meanflow", *TINY_DIT))

@@ -107,5 +107,10 @@ def make_process(config: dict | None, defaults: dict):
     ``GaussianProcess`` over ``defaults`` updated with the config."""
     config = dict(config or {})
     if config.pop("name", "gaussian") == "meanflow":
+        allowed = ("equal_fraction", "mu", "sigma", "adaptive_p", "adaptive_c", "curriculum_steps", "clip_x0")
+        unknown = sorted(set(config) - set(allowed))
+        if unknown:
+            raise ConfigError(f"process meanflow takes {list(allowed)}; got {unknown} too (its path is fixed: flow, "
+                              "average velocity). Use policy=meanflow, whose process section has only these keys.")
         return MeanFlowProcess(**config)
     return GaussianProcess(**{**defaults, **config})
