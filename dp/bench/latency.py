@@ -35,9 +35,13 @@ COMPILED_CASES = [("dit", "ddim", 10, {"dynamic": False})]
 CUDA_COMPILED_CASES = [("dit", "ddim", 10, {"dynamic": False}), ("dit", "ddim", 10, {"mode": "reduce-overhead"})]
 
 
+MEANFLOW = {"process": {"name": "meanflow"}, "sampler": {"name": "meanflow", "steps": 1}}
+
+
 def _policy(name: str, overrides: dict):
-    cls = {"dit": DiTPolicy, "mlp_bc": MLPBCPolicy}[name]
-    policy = cls(SHAPE_META, **overrides)
+    """A policy at Meta-World push shapes: ``dit``, ``meanflow`` (the dit trained with MeanFlow) or ``mlp_bc``."""
+    cls = {"dit": DiTPolicy, "meanflow": DiTPolicy, "mlp_bc": MLPBCPolicy}[name]
+    policy = cls(SHAPE_META, **({**MEANFLOW, **overrides} if name == "meanflow" else overrides))
     rng = np.random.default_rng(0)
     policy.set_normalizer(Normalizer.fit({"action": rng.normal(size=(100, 4)), "state": rng.normal(size=(100, 39))}))
     return policy.eval()

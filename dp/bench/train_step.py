@@ -14,7 +14,9 @@ from dp.results import median_time, result_name, sync, write_result
 from dp.train.ema import EMA
 from dp.train.schedule import param_groups
 
-CASES = [("dit", {}, 256, False), ("dit", {}, 64, False), ("mlp_bc", {}, 256, False)]
+# meanflow: the same dit, trained with MeanFlow (a JVP per step: its cost against the dit's is the ratio)
+CASES = [("dit", {}, 256, False), ("dit", {}, 64, False), ("meanflow", {}, 256, False), ("meanflow", {}, 64, False),
+         ("mlp_bc", {}, 256, False)]
 CUDA_CASES = [("dit", {}, 256, False), ("dit", {}, 256, True), ("dit", {}, 1024, True), ("mlp_bc", {}, 256, False)]
 
 
@@ -42,12 +44,16 @@ def run(repeats: int = 10, device: str = "cpu") -> list[dict]:
         t, _ = median_time(one_step, repeats, warmup=2)
         rows.append({"policy": name, "batch": batch_size, "bf16": bf16, "step_ms": t * 1000,
                      "samples_per_s": batch_size / t, "params_M": policy.num_parameters() / 1e6})
+    dit = {r["batch"]: r["step_ms"] for r in rows if r["policy"] == "dit" and not r["bf16"]}
+    for r in rows:
+        if r["policy"] == "meanflow" and r["batch"] in dit:
+            r["ratio_to_dit"] = r["step_ms"] / dit[r["batch"]]
     return rows
 
 
 def main(device: str = "cpu") -> None:
     write_result(result_name("train_step", device), run(device=device),
-                 ["policy", "batch", "bf16", "params_M", "step_ms", "samples_per_s"],
+                 ["policy", "batch", "bf16", "params_M", "step_ms", "samples_per_s", "ratio_to_dit"],
                  {"threads": torch.get_num_threads()}, device=device)
 
 
