@@ -71,3 +71,14 @@ def test_the_prior_loss_trains_the_gates_and_is_logged_per_level_bucket():
     assert policy.dit.blocks[0].switch.gate[1].weight.grad.abs().sum() > 0
     off = DiTPolicy(META, dim=32, depth=3, heads=2, switch={"num_experts": 3, "top_k": 2, "prior_weight": 0.0})
     assert off.switch_weight == 0.0
+
+
+def test_routing_against_level_is_tabled_and_plotted(tmp_path):
+    from dp.eval.routing import plot_routing, routing_table
+
+    policy = _policy().eval()
+    _randomize(policy.dit)
+    table = routing_table(policy, n_levels=11)
+    assert len(table["layers"]) == 3 and len(table["layers"][0]["probs"]) == 11
+    assert all(sum(row) == 2 for row in table["layers"][0]["chosen"])  # top-2 of 3 at every level
+    assert plot_routing(table, tmp_path / "routing.png").stat().st_size > 0

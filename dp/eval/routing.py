@@ -1,4 +1,4 @@
-"""Routing analysis of a noise-routed policy: expert usage against noise level.
+"""Routing analysis of a noise-routed policy (MoDE's experts, Switch-DiT's gates) against noise level.
 
     python -m dp.eval.routing runs/mt10_mode/checkpoints/latest [--out DIR]
 
@@ -25,14 +25,14 @@ from dp.policies import Policy
 
 @torch.no_grad()
 def routing_table(policy, n_levels: int = 101) -> dict:
-    ffns = policy.routes.ffns() if hasattr(policy, "routes") else []
-    if not ffns:
-        raise ConfigError(f"{type(policy).__name__} has no routed ffn (policy=mode has).")
+    routed = policy.routes.routed() if hasattr(policy, "routes") else []
+    if not routed:
+        raise ConfigError(f"{type(policy).__name__} routes nothing by level (policy=mode and policy=switch_dit do).")
     levels = torch.linspace(0, 1, n_levels, device=policy.device)
     emb = policy.dit.level_emb(levels[None])[0]  # [L, D]
     layers = []
-    for f in ffns:
-        probs = f.router(emb).float().softmax(-1)  # [L, E]
+    for f in routed:  # MoDE's ffns and Switch-DiT's masks both route(level_emb) -> (gates, probs)
+        probs = f.route(emb)[1].float()  # [L, E]
         top = torch.zeros_like(probs).scatter(-1, probs.topk(f.top_k, -1).indices, 1.0)
         low, high = probs[levels < 0.5].mean(0), probs[levels >= 0.5].mean(0)
         layers.append({"probs": probs.cpu().tolist(), "chosen": top.cpu().tolist(),
