@@ -179,7 +179,9 @@ class RDTPolicy(DenoisingPolicy):
         cache.action_valid = obs["action_mask"].bool()
         return cache
 
-    def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache) -> torch.Tensor:
+    def denoiser_tokens(self, x_t: torch.Tensor, level: torch.Tensor, cache, span=None) -> torch.Tensor:
+        if span is not None:
+            raise ConfigError("policy=rdt takes Gaussian processes only, not MeanFlow's interval network.")
         own = cache.own_tokens
         x = torch.cat([own.to(x_t.dtype), self.codec.encode(x_t, cache.action_valid)], dim=1)
         # the own tokens read as clean (their level is never embedded: level_cond "token")
