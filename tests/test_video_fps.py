@@ -93,3 +93,19 @@ def test_rollout_video_plays_in_real_time(tmp_path, task, action_dim, fps):
     assert n_frames == steps + 1  # the reset frame, then one per step
     assert meta["fps"] == fps != 20
     assert np.isclose(meta["duration"], n_frames / fps, atol=1.5 / fps)
+
+
+def test_a_video_that_cannot_be_written_warns_and_keeps_the_results(tmp_path, monkeypatch):
+    import imageio.v2 as imageio
+    import numpy as np
+    import pytest
+
+    from dp.eval.rollout import write_videos
+
+    def fork_fails(*a, **k):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(imageio, "mimsave", fork_fails)
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3
+    with pytest.warns(UserWarning, match="results are kept"):
+        assert write_videos([(1, True, frames)], tmp_path, "toy", fps=10) == []

@@ -11,6 +11,7 @@ and checked against the seeds a dataset records.
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,12 @@ def write_videos(frames_out, video_dir: Path, task: str, *, fps: float) -> list[
     paths = []
     for seed, ok, frames in frames_out:
         path = video_dir / f"{task}_seed{seed}_{'success' if ok else 'fail'}.mp4"
-        imageio.mimsave(path, [np.asarray(f) for f in frames], fps=fps, macro_block_size=1)
+        try:
+            imageio.mimsave(path, [np.asarray(f) for f in frames], fps=fps, macro_block_size=1)
+        except OSError as e:  # ffmpeg runs as a subprocess: a fork can fail (ENOMEM) after many envs
+            warnings.warn(f"could not write {path} ({e}); the episodes' results are kept, the video is not.",
+                          stacklevel=2)
+            continue
         paths.append(str(path))
     return paths
 
