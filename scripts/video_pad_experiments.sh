@@ -20,14 +20,17 @@ train() {  # train OUT ARGS...: skipped when OUT has finished
 }
 
 collect mw_push 100 data/mw_push_img.zarr
-collect rs_lift 100 data/rs_lift_img.zarr
+# rs_lift frames: the two-camera Panda store of scripts/rdt_images.sh (its agentview camera is `img`)
+[ -e data/rs_lift_panda_img.zarr ] || dp-collect task=rs_lift obs=image '+task.env_options.extra_cameras=[robot0_eye_in_hand]' \
+  n_episodes=100 output=data/rs_lift_panda_img.zarr progress=false
 collect mw3 50 data/mw3_img.zarr
 collect mw_door_open 50 data/mw_door_open_img.zarr
 collect mw_window_open 50 data/mw_window_open_img.zarr
 
 # future frames: 8-frame clips (2 context, 6 predicted), 10% of episodes held out
+declare -A STORE=([mw_push]=data/mw_push_img.zarr [rs_lift]=data/rs_lift_panda_img.zarr)
 for name in mw_push rs_lift; do
-  train "runs/video_$name" task="$name" task.obs=image task.dataset_path="data/${name}_img.zarr" policy=video \
+  train "runs/video_$name" task="$name" task.obs=image task.dataset_path="${STORE[$name]}" policy=video \
     training.steps="$VIDEO_STEPS" training.batch_size=16 training.val_ratio=0.1
   for steps in 10 1; do  # DDIM 10 (a sample) and 1 (the model's mean estimate in one step)
     out="bench/results/video_${name}_ddim$steps"
