@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate
 export MUJOCO_GL=${MUJOCO_GL:-egl}
-STEPS=${RDT_IMAGE_STEPS:-5000}
+STEPS=${RDT_IMAGE_STEPS:-3000}
 OUT=runs/rdt_lift_panda_img
 
 [ -e data/rs_lift_panda_img.zarr ] || dp-collect task=rs_lift obs=image '+task.env_options.extra_cameras=[robot0_eye_in_hand]' \
