@@ -79,14 +79,16 @@ class Policy(nn.Module):
         start = self.n_obs_steps - 1
         return chunk[:, start : start + self.n_action_steps]
 
-    def new_history(self) -> ObservationHistory:
+    def new_history(self, keys: list[str] | None = None, cameras: list[str] | None = None) -> ObservationHistory:
         """An empty observation history in this policy's layout (its obs keys, cameras, To, and the
-        env keys each is made of: ``shape_meta["obs_keys"]``, the store keys it trained on)."""
+        env keys each is made of: ``shape_meta["obs_keys"]``, the store keys it trained on). ``keys``
+        and ``cameras`` default to the observation encoder's."""
         enc = self.obs_encoder
         store_keys = (self.config.get("shape_meta") or {}).get("obs_keys") or {}
         sources = {name: [ENV_KEY_OF_STORE_KEY.get(s, s) for s in ([keys] if isinstance(keys, str) else keys)]
                    for name, keys in store_keys.items()}
-        return ObservationHistory(enc.keys, getattr(enc, "cameras", []), self.n_obs_steps, sources)
+        return ObservationHistory(enc.keys if keys is None else keys,
+                                  getattr(enc, "cameras", []) if cameras is None else cameras, self.n_obs_steps, sources)
 
     @property
     def needs_prediction(self) -> bool:

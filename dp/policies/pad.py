@@ -28,7 +28,6 @@ from __future__ import annotations
 import torch
 
 from dp.core import DiT
-from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.core.codecs import (
     ContinuousActionCodec, FramePatchCodec, FramesAndActionsCodec, pixels_to_unit, unit_to_image,
 )
@@ -100,11 +99,7 @@ class PADPolicy(DenoisingPolicy):
     # -------------------------------------------------------------- parts
     def new_history(self) -> ObservationHistory:
         """The low-dim keys and the camera, To steps."""
-        store_keys = (self.config.get("shape_meta") or {}).get("obs_keys") or {}
-        keys = [*self.obs_encoder.keys, self.camera]
-        sources = {k: [ENV_KEY_OF_STORE_KEY.get(s, s) for s in ([v] if isinstance(v, str) else v)]
-                   for k, v in ((k, store_keys.get(k, k)) for k in keys)}
-        return ObservationHistory(keys, [self.camera], self.n_obs_steps, sources)
+        return super().new_history([*self.obs_encoder.keys, self.camera], [self.camera])
 
     def encode_obs(self, obs: dict, levels: torch.Tensor | None = None, prefix_step: int | None = None):
         """Normalized obs (the camera's first To frames are the current ones) -> the condition
