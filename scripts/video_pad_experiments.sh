@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Video prediction, sparse attention, and PAD against the image dit, with and without co-training.
 # Each step skips itself when its result exists, so an interrupted run resumes.
-#   bash scripts/video_pad_experiments.sh
+#   bash scripts/video_pad_experiments.sh            # everything, in order
+#   PART=video bash scripts/video_pad_experiments.sh # only the video rows; PART=pad only the PAD rows
+# The two parts share no runs, so they can run side by side (OMP_NUM_THREADS=1 each on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate
@@ -9,6 +11,8 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 VIDEO_STEPS=${VIDEO_STEPS:-4000}
 POLICY_STEPS=${POLICY_STEPS:-3000}
 EPISODES=${EPISODES:-50}
+PART=${PART:-all}
+PAD_BATCH=${PAD_BATCH:-64}
 
 collect() {  # collect TASK N OUT
   [ -e "$3" ] || dp-collect task="$1" n_episodes="$2" obs=image output="$3" progress=false
@@ -19,13 +23,11 @@ train() {  # train OUT ARGS...: skipped when OUT has finished
   dp-train output_dir="$out" resume=true progress=false "$@" && touch "$out/.done"
 }
 
+if [ "$PART" != pad ]; then
 collect mw_push 100 data/mw_push_img.zarr
 # rs_lift frames: the two-camera Panda store of scripts/rdt_images.sh (its agentview camera is `img`)
 [ -e data/rs_lift_panda_img.zarr ] || dp-collect task=rs_lift obs=image '+task.env_options.extra_cameras=[robot0_eye_in_hand]' \
   n_episodes=100 output=data/rs_lift_panda_img.zarr progress=false
-collect mw3 50 data/mw3_img.zarr
-collect mw_door_open 50 data/mw_door_open_img.zarr
-collect mw_window_open 50 data/mw_window_open_img.zarr
 
 # future frames: 8-frame clips (2 context, 6 predicted), 10% of episodes held out
 declare -A STORE=([mw_push]=data/mw_push_img.zarr [rs_lift]=data/rs_lift_panda_img.zarr)
@@ -40,13 +42,21 @@ for name in mw_push rs_lift; do
 done
 [ -e bench/results/video_sparse.json ] || dp-bench video_sparse --checkpoint runs/video_mw_push
 
+fi
+
+if [ "$PART" != video ]; then
+collect mw3 50 data/mw3_img.zarr
+collect mw_door_open 50 data/mw_door_open_img.zarr
+collect mw_window_open 50 data/mw_window_open_img.zarr
+
 # PAD against the image dit on three tasks with language, the same steps and batch
 LANG='policy.language={encoder: builtin, layers: 2}'
-train runs/mw3_dit task=mw3 policy=dit "$LANG" training.steps="$POLICY_STEPS"
-train runs/mw3_pad task=mw3 policy=pad "$LANG" training.steps="$POLICY_STEPS"
-train runs/mw3_pad_cotrain task=mw3 policy=pad "$LANG" training.steps="$POLICY_STEPS" \
-  'task.video_datasets=[{path: data/mw_door_open_img.zarr}, {path: data/mw_window_open_img.zarr}]'
+declare -A EXTRA=([mw3_dit]="policy=dit" [mw3_pad]="policy=pad" [mw3_pad_cotrain]="policy=pad")
 for run in mw3_dit mw3_pad mw3_pad_cotrain; do
+  video=()
+  [ "$run" = mw3_pad_cotrain ] && video=('task.video_datasets=[{path: data/mw_door_open_img.zarr}, {path: data/mw_window_open_img.zarr}]')
+  train "runs/$run" task=mw3 ${EXTRA[$run]} "$LANG" training.steps="$POLICY_STEPS" training.batch_size="$PAD_BATCH" "${video[@]}"
   [ -e "runs/$run/eval/report.json" ] || dp-eval checkpoint="runs/$run" n_episodes="$EPISODES" n_envs=25 progress=false
 done
-echo "video and PAD experiments done"
+fi
+echo "video and PAD experiments ($PART) done"
