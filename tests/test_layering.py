@@ -12,17 +12,19 @@ LEAVES = {"dp", "dp.errors", "dp.constants", "dp.results", "dp.cli_errors", "env
 ALLOWED = {
     "dp.core": set(),
     "dp.data": set(),
+    "dp.runtime": set(),
     "envs": set(),
     "dp.checkpoint": {"dp.data"},
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
-    "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint"},
+    "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint", "dp.runtime"},
+    "dp.deploy": {"dp.policies", "dp.checkpoint", "dp.runtime"},
     "dp.video": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data"},
     "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "envs"},
-    "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "envs"},
+    "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "envs"},
     "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "envs"},
     "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.video", "dp.data", "dp.checkpoint",
-                 "dp.eval", "dp.train"},
+                 "dp.eval", "dp.train", "dp.deploy", "dp.runtime"},
 }
 SIBLINGS = {"dp.train", "dp.eval", "dp.bench", "dp.control"}
 

@@ -1,4 +1,4 @@
-"""`dp-control checkpoint=PATH robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml).
+"""`dp-control checkpoint=PATH (or artifact=DIR) robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml).
 
 Exit status: 0 when the loop ran to its end, 2 for a user error (bad config, checkpoint),
 3 when the loop stopped on a fault (non-finite predictions, too many missed deadlines).
@@ -19,48 +19,64 @@ from dp.control.loop import ControlLoop, LoopConfig, check_policy_for_mode
 from dp.errors import ConfigError
 from dp.checkpoint import checkpoint_tasks, load_config, resolve
 from dp.policies.registry import load_policy
+from dp.runtime.artifact import ExportedPolicy
 
 ROBOTS = ("sim",)
 FAULT_STOPS = ("nonfinite_actions", "consecutive_misses")  # stop reasons that end dp-control with status 3
 EXIT_FAULT = 3
 
 
-def control_checkpoint(checkpoint: str, robot: str = "sim", task: str | dict | None = None,
+def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: str | dict | None = None,
                        max_steps: int | None = None,
                        duration_s: float | None = 60.0, max_ticks: int | None = None, output_dir: str | None = None,
                        ema: bool = True, device: str = "cpu", seed: int = 0, sampler: dict | None = None,
-                       **loop_options) -> dict:
-    """Load a checkpoint, build its robot, run the loop; the summary (also in output_dir/summary.json).
+                       artifact: str | None = None, **loop_options) -> dict:
+    """Load a checkpoint (or a ``dp-export`` artifact), build its robot, run the loop; the summary
+    (also in output_dir/summary.json).
 
     ``task``: an env task name, or a task config (``dp-control task=mw_reach`` loads
     configs/task/mw_reach.yaml); default: the checkpoint's (the first of a multi-task one).
+    ``artifact``: run an exported artifact instead of a checkpoint (its sampler and batch are
+    compiled in: ``sampler``, ``ema`` and ``device`` do not apply).
     ``loop_options`` are ``LoopConfig`` fields (hz, mode, async_blend, stall, ...)."""
     if robot not in ROBOTS:
         raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {robot!r}.")
+    if (checkpoint is None) == (artifact is None):
+        raise ConfigError("give one of checkpoint=RUN (a training checkpoint) or artifact=DIR (from dp-export).")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and duration_s > 0):
         raise ConfigError(f"duration_s must be > 0 or null, got {duration_s!r}.")
     config = LoopConfig(max_ticks=max_ticks, **loop_options)  # bad values fail before anything loads
     if config.max_ticks is None and duration_s is not None:
         config.max_ticks = max(1, round(duration_s * config.hz))
-    ckpt = resolve(checkpoint)
-    cfg = load_config(ckpt)
-    policy = load_policy(ckpt, ema=ema, device=device)
-    if sampler:
-        policy.set_sampler(**sampler)  # name, steps and any sampler options
+    if artifact is not None:
+        if sampler:
+            raise ConfigError("an artifact has its sampler compiled in; export it again with sampler=... instead.")
+        policy = ExportedPolicy(artifact, seed=seed)
+        meta = policy.meta
+        tasks, env_options, seeds_max = meta["tasks"], meta["env_options"], meta["collection_seeds_max"]
+        source, out_root = Path(artifact), Path(artifact)
+    else:
+        ckpt = resolve(checkpoint)
+        cfg = load_config(ckpt)
+        policy = load_policy(ckpt, ema=ema, device=device)
+        if sampler:
+            policy.set_sampler(**sampler)  # name, steps and any sampler options
+        policy.generator = torch.Generator(device=device).manual_seed(seed)
+        tasks, env_options = checkpoint_tasks(cfg)  # the task and env options the way dp-eval finds them
+        seeds_max = int(cfg.get("collection_seeds_max", -1))
+        source, out_root = ckpt, ckpt.parent.parent
     check_policy_for_mode(policy, config.mode)
-    policy.generator = torch.Generator(device=device).manual_seed(seed)
-    # the task and env options the way dp-eval finds them
-    tasks, env_options = checkpoint_tasks(cfg)
     if isinstance(task, dict):
         task = task.get("env")
     task = task or tasks[0]
-    if EVAL_SEED_BASE <= int(cfg.get("collection_seeds_max", -1)):
+    if EVAL_SEED_BASE <= seeds_max:
         raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.constants.EVAL_SEED_BASE")
-    out = Path(output_dir) if output_dir else ckpt.parent.parent / "control"
+    out = Path(output_dir) if output_dir else out_root / "control"
     from dp.control.robot import SimRobot
 
     sim = SimRobot(task, env_options, max_steps=max_steps)
-    info = {"checkpoint": str(ckpt), "task": task, "robot": robot, "output_dir": str(out)}
+    info = {("artifact" if artifact else "checkpoint"): str(source), "task": task, "robot": robot,
+            "output_dir": str(out)}
     try:
         return ControlLoop(policy, sim, config, out, info=info).run()
     finally:

@@ -85,6 +85,11 @@ class ConditionCache:
     # level value -> (level_emb, per-block modulation tuples, final adaLN output), each [B or 1, 1, *]
     level_terms: dict[float, tuple] = field(default_factory=dict)
     step: int | None = None  # index of the current network call (set by the caller, read by the ffn)
+    # a planned prediction (``plan_calls``): the level terms of each network call in call order, and the
+    # index of the current call (set by the caller); then no level is read on the host
+    planned: bool = False  # every call runs at one level for all tokens (a planned prediction)
+    call_terms: list[tuple] | None = None
+    call: int = 0
     # attention masks from cond_mask (None: nothing padded): for the prefix, [B, 1, 1, M] keys of the
     # prefix; per layer for cross-attention, [B, 1, 1, M_group]
     prefix_mask: torch.Tensor | None = None
@@ -105,8 +110,17 @@ class ConditionCache:
         return torch.cat([self.prefix_mask, own], dim=-1)
 
 
+    def plan_calls(self, call_levels: list[float]) -> None:
+        """Fix the level of every network call of the prediction (each must have been prepared): the
+        terms are then looked up by ``call``, the caller's promise that call i runs at
+        ``call_levels[i]`` on every token, with no check that would read the level on the host."""
+        self.planned = True
+        self.call_terms = [self.level_terms[float(v)] for v in call_levels]
+
     def level_terms_for(self, level: torch.Tensor):
         """Precomputed terms when every token of every sample sits at one stored level, else None."""
+        if self.call_terms is not None:
+            return self.call_terms[self.call]
         if not self.level_terms:
             return None
         v = float(level.reshape(-1)[0])
@@ -160,17 +174,18 @@ class DiTBlock(nn.Module):
         return shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2
 
     def forward(self, x, c, level_emb, prefix_kv: KV | None = None, cross_kv: KV | None = None, mask=None,
-                mod: tuple | None = None, step: int | None = None, cross_mask=None):
+                terms: tuple | None = None, step: int | None = None, cross_mask=None):
         """x [B, N, D], c and level_emb [B, N or 1, D] -> (x [B, N, D], this layer's self-attention K/V of x).
 
-        ``mod`` is ``self.modulation(c)`` when the caller precomputed it. Each modulation and
+        ``terms`` is ``self.modulation(c)`` when the caller precomputed it (not ``mod``: torch.export
+        reserves that keyword). Each modulation and
         gated residual is one fused ``addcmul``: at batch 1 the per-op cost, not the
         arithmetic, is what a denoising step spends its time on. With a ``switch``, the block
         runs on ``x * m`` and adds back ``(1 - m) * x`` (m: the level-gated channel mask)."""
         if self.switch is None:
-            return self._run(x, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask)
+            return self._run(x, c, level_emb, prefix_kv, cross_kv, mask, terms, step, cross_mask)
         m = self.switch(x, level_emb, step)
-        y, kv = self._run(x * m, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask)
+        y, kv = self._run(x * m, c, level_emb, prefix_kv, cross_kv, mask, terms, step, cross_mask)
         return y + (1 - m) * x, kv
 
     def _run(self, x, c, level_emb, prefix_kv, cross_kv, mask, mod, step, cross_mask):
@@ -270,8 +285,8 @@ class DiT(nn.Module):
 
         cond: [B, M, D] (prefix, cross) or a list of [B, M_i, D] (alternating).
         context: [B, D] global vector added to every token's level embedding.
-        levels: optional [S] levels a sampler will visit; their level-only terms are
-        computed here in one batched pass (see ``prepare_levels``), together with level 0
+        levels: optional [S] levels a sampler will visit (a tensor, or host floats); their level-only
+        terms are computed here in one batched pass (see ``prepare_levels``), together with level 0
         for the prefix tokens.
         prefix_step: the ffn's ``step`` in the prefix pass (``PREFIX_STEP`` when the caller
         has cached routes for it).
@@ -279,8 +294,9 @@ class DiT(nn.Module):
         """
         cache = ConditionCache(context=context)
         if levels is not None:
-            clean = torch.zeros(1, device=levels.device, dtype=levels.dtype)
-            self.prepare_levels(cache, torch.cat([levels.reshape(-1), clean]) if cond is not None else levels)
+            values = levels.reshape(-1).tolist() if isinstance(levels, torch.Tensor) else [float(v) for v in levels]
+            self.prepare_levels(cache, values + [0.0] * (cond is not None),
+                                next(self.level_emb.parameters()).device)
         if cond is None:
             cache.prefix_kv = [None] * self.depth
             cache.cross_kv = [None] * self.depth
@@ -306,7 +322,7 @@ class DiT(nn.Module):
                 (level0, mods, _), c = terms, None
             h = cond
             for block, mod in zip(self.blocks, mods):
-                h, kv = block(h, c, level0, mask=cache.prefix_mask, mod=mod, step=prefix_step)
+                h, kv = block(h, c, level0, mask=cache.prefix_mask, terms=mod, step=prefix_step)
                 cache.prefix_kv.append(kv)
             cache.cross_kv = [None] * self.depth
         else:
@@ -339,8 +355,8 @@ class DiT(nn.Module):
             raise ValueError("a DiT with span_embedding takes span=[B, N] (MeanFlow's t - r), and only such a DiT does.")
         terms = cache.level_terms_for(level) if span is None else None
         if terms is None:
-            if level.shape[1] > 1 and bool((level == level[:, :1]).all()) and (
-                    span is None or bool((span == span[:, :1]).all())):
+            if level.shape[1] > 1 and (cache.planned or bool((level == level[:, :1]).all()) and (
+                    span is None or bool((span == span[:, :1]).all()))):
                 level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
                 span = None if span is None else span[:, :1]
             level_emb, c = self._level_embedding(level, cache.context, span)
@@ -424,7 +440,7 @@ class DiT(nn.Module):
         mask or None, per-layer cross-attention masks or None)."""
         self_mask, cross_masks = masks
         for block, pkv, ckv, mod, cmask in zip(self.blocks, prefix_kv, cross_kv, mods, cross_masks or [None] * self.depth):
-            x, _ = block(x, c, level_emb, pkv, ckv, mask=self_mask, mod=mod, step=step, cross_mask=cmask)
+            x, _ = block(x, c, level_emb, pkv, ckv, mask=self_mask, terms=mod, step=step, cross_mask=cmask)
         return self._finish(x, final_out)
 
     def _finish(self, x: torch.Tensor, final_out: torch.Tensor | None) -> torch.Tensor:
@@ -442,14 +458,17 @@ class DiT(nn.Module):
         level_emb = self.level_emb(level) if span is None else self.level_emb(level) + self.span_emb(span)
         return level_emb, (level_emb if context is None else level_emb + context[:, None])
 
-    def prepare_levels(self, cache: ConditionCache, levels: torch.Tensor) -> None:
+    def prepare_levels(self, cache: ConditionCache, levels, device=None) -> None:
         """Compute every level-only term (level embedding, adaLN projections) for the levels a
         sampler will visit, in one batched pass per layer, and store them in ``cache``.
 
         Weights are read once per prediction instead of once per denoising step, which is
-        what bounds batch-1 latency on a CPU. levels: [S] values in [0, 1]."""
-        values = sorted({float(v) for v in levels.reshape(-1).tolist()})
-        lv = torch.tensor(values, device=levels.device)[None, :]  # [1, S]
+        what bounds batch-1 latency on a CPU. levels: [S] values in [0, 1], a tensor or host floats
+        (then on ``device``)."""
+        if isinstance(levels, torch.Tensor):
+            levels, device = levels.reshape(-1).tolist(), levels.device
+        values = sorted({float(v) for v in levels})
+        lv = torch.tensor(values, device=device)[None, :]  # [1, S]
         context = cache.context
         level_emb, c = self._level_embedding(lv, context)  # [1 or B, S, D]
         mods = [blk.modulation(c) for blk in self.blocks]

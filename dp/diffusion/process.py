@@ -218,8 +218,11 @@ class GaussianProcess:
 
     def prior(self, shape, device=None, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
         """A sample of x at level 1 (pure noise at this schedule's scale)."""
-        sigma = self.alpha_sigma(torch.ones((), dtype=dtype))[1].item()
-        return sigma * torch.randn(shape, device=device, generator=generator, dtype=dtype)
+        return self.prior_scale() * torch.randn(shape, device=device, generator=generator, dtype=dtype)
+
+    def prior_scale(self) -> float:
+        """sigma at level 1: the prior is this times a standard normal."""
+        return self.alpha_sigma(torch.ones((), dtype=torch.float32))[1].item()
 
     def sampling_levels(self, steps: int, device=None) -> torch.Tensor:
         """Descending grid [steps + 1] from 1 to 0 for a sampler with ``steps`` network calls.

@@ -26,6 +26,7 @@ network call's level is known before the prediction (what MoE route caching need
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +34,21 @@ from dp.diffusion.process import GaussianProcess, _bcast
 from dp.errors import ConfigError
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """A sampler's grid and what the loop branches on, read to the host once (``Sampler.plan``).
+
+    rows: S + 1 levels [B, N], descending; moving [S, B, N]: the tokens a step moves; ends_all /
+    ends_any: per step, whether every / some token ends at level 0; alpha_sigma: both of the grid."""
+
+    rows: tuple[torch.Tensor, ...]
+    moving: torch.Tensor
+    all_moving: bool
+    ends_all: list[bool]
+    ends_any: list[bool]
+    alpha_sigma: tuple[torch.Tensor, torch.Tensor]
 
 
 class Sampler:
@@ -57,7 +73,7 @@ class Sampler:
 
     def generate(self, ctx) -> torch.Tensor:
         """One prediction: the clean sample [B, H, A] from ``ctx.prior()``."""
-        return self.sample(ctx.denoise, ctx.process, ctx.prior(), generator=ctx.generator)
+        return self.sample(ctx.denoise, ctx.process, ctx.prior(), generator=ctx.generator, plan=ctx.plan)
 
     def levels(self, process: GaussianProcess, device=None) -> torch.Tensor:
         return process.sampling_levels(self.steps, device)
@@ -75,47 +91,57 @@ class Sampler:
         self.sample(record, process, torch.zeros(1, 1, 1))
         return seen
 
-    def sample(self, denoise: Denoise, process: GaussianProcess, x: torch.Tensor,
-               levels: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x: the starting sample [B, N, A] at ``levels[0]`` -> the sample at ``levels[-1]``."""
+    def plan(self, process: GaussianProcess, x_shape, device=None, levels: torch.Tensor | None = None) -> "SamplingPlan":
+        """Everything ``sample`` needs to know about its grid, with the host syncs done here, once:
+        a prediction that passes the plan to ``sample`` reads no tensor on the host (what a CUDA graph
+        capture and ``torch.export`` need). ``x_shape``: [B, N, ...] of the samples."""
         if levels is None:
-            levels = self.levels(process, x.device)
-        grid = levels.to(x.device)
+            levels = self.levels(process, device)
+        grid = levels.to(device)
         if grid.dim() == 1:
-            grid = grid[:, None, None].expand(-1, *x.shape[:2])
-        if grid.shape[1:] != x.shape[:2]:
-            raise ValueError(f"levels must be [S+1] or [S+1, B, N] with [B, N] = {tuple(x.shape[:2])}; got {tuple(levels.shape)}.")
-        self.begin()
-        rows = grid.unbind(0)
+            grid = grid[:, None, None].expand(-1, *x_shape[:2])
+        if tuple(grid.shape[1:]) != tuple(x_shape[:2]):
+            raise ValueError(f"levels must be [S+1] or [S+1, B, N] with [B, N] = {tuple(x_shape[:2])}; "
+                             f"got {tuple(levels.shape)}.")
         moving = grid[:-1] > grid[1:]  # [S, B, N]; tokens already at their final level stay put
-        all_moving = bool(moving.all())
         ends = (grid[1:] <= 0).reshape(grid.shape[0] - 1, -1)
-        ends_all, ends_any = ends.all(1).tolist(), ends.any(1).tolist()  # one host sync, not one per step
-        # alpha and sigma of the whole grid in one batched call, looked up by the steps below
-        with process.remember_levels(rows, *process.alpha_sigma(grid)):
+        # alpha and sigma of the whole grid in one batched call, looked up by the steps
+        return SamplingPlan(grid.unbind(0), moving, bool(moving.all()), ends.all(1).tolist(), ends.any(1).tolist(),
+                            process.alpha_sigma(grid))
+
+    def sample(self, denoise: Denoise, process: GaussianProcess, x: torch.Tensor,
+               levels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               plan: "SamplingPlan | None" = None) -> torch.Tensor:
+        """x: the starting sample [B, N, A] at ``levels[0]`` -> the sample at ``levels[-1]``.
+        ``plan``: ``self.plan(...)`` made beforehand (then ``levels`` is not read)."""
+        if plan is None:
+            plan = self.plan(process, x.shape, x.device, levels)
+        self.begin()
+        rows = plan.rows
+        with process.remember_levels(rows, *plan.alpha_sigma):
             interval = getattr(process, "interval_network", False)  # MeanFlow: the network takes the step's end
-            for i in range(grid.shape[0] - 1):
+            for i in range(len(rows) - 1):
                 t, s = rows[i], rows[i + 1]
                 x0 = denoise(x, t, s) if interval else denoise(x, t)
-                stepped = self.step(denoise, process, x, x0, t, s, generator)
-                if ends_all[i]:
+                stepped = self.step(denoise, process, x, x0, t, s, generator, final=plan.ends_all[i])
+                if plan.ends_all[i]:
                     stepped = x0  # a step that ends at level 0 returns x0_hat
-                elif ends_any[i]:
+                elif plan.ends_any[i]:
                     stepped = torch.where(_bcast(s <= 0, x), x0, stepped)
-                x = stepped if all_moving else torch.where(_bcast(moving[i], x), stepped, x)
+                x = stepped if plan.all_moving else torch.where(_bcast(plan.moving[i], x), stepped, x)
         return x
 
     def begin(self) -> None:
         """Reset multistep memory at the start of a trajectory."""
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         raise NotImplementedError
 
 
 class DDIM(Sampler):
     name = "ddim"
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         eps = process.to_eps(x0, x, t)
         a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
         return a_s * x0 + s_s * eps
@@ -124,7 +150,7 @@ class DDIM(Sampler):
 class DDPM(Sampler):
     name = "ddpm"
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         a_t, s_t = (_bcast(v, x) for v in process.alpha_sigma(t))
         a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
         a_ts = a_t / a_s
@@ -144,7 +170,7 @@ class DPMSolverPP(Sampler):
         self.prev_x0 = None
         self.prev_h = None
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         a_t, s_t = (_bcast(v, x) for v in process.alpha_sigma(t))
         a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
         lam_t = torch.log(a_t / s_t)
@@ -173,7 +199,7 @@ class Euler(Sampler):
         a_s, s_s = (_bcast(v, x) for v in process.alpha_sigma(s))
         return (a_s - a_t) * x0 + (s_s - s_t) * eps
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         return x + self.increment(process, x, x0, process.to_eps(x0, x, t), t, s)
 
 
@@ -187,10 +213,10 @@ class Heun(Euler):
     def network_calls(self) -> int:
         return 2 * self.steps - 1
 
-    def step(self, denoise, process, x, x0, t, s, generator):
+    def step(self, denoise, process, x, x0, t, s, generator, final=False):
         eps = process.to_eps(x0, x, t)
         x_euler = x + self.increment(process, x, x0, eps, t, s)
-        if bool((s <= 0).all()):
+        if final:  # every token ends at level 0
             return x_euler
         s_safe = s.clamp_min(1e-6)
         x0_s = denoise(x_euler, s_safe)

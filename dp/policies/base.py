@@ -24,7 +24,7 @@ from torch import nn
 from dp.constants import ENV_KEY_OF_STORE_KEY
 from dp.data.normalizer import Normalizer
 from dp.errors import ConfigError
-from dp.policies.history import ObservationHistory
+from dp.runtime.history import ObservationHistory
 
 
 class Policy(nn.Module):

@@ -26,6 +26,8 @@ from dp.core.moe import RouteCache, balance_loss, router_stats
 from dp.core.switch import switch_stats
 from dp.diffusion import make_sampler
 from dp.diffusion.protocol import check_pairing
+from dp.diffusion.samplers import SAMPLERS as SAMPLER_NAMES
+from dp.diffusion.samplers import Sampler, SamplingPlan
 from dp.diffusion.streaming import StreamLayout, staggered_training_levels
 from dp.encoders.tokens import ObservationTokens, Tokens
 from dp.errors import ConfigError
@@ -34,6 +36,18 @@ from dp.policies.base import Policy, inpaint
 # state-dict names of checkpoints written before the composition (dp format <= 2) -> today's
 LEGACY_KEYS = (("tokenizer.", "codec.tokenizer."), ("head.", "codec.head."),
                ("anchor_score.", "plugins.anchors.score."), ("anchors", "plugins.anchors.anchors"))
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """One prediction's shape decided before it runs (``DenoisingPolicy.plan_prediction``): the
+    sampler's grid with its host-side facts and each network call's level. ``sample_target(..., plan=...)`` then reads no tensor on the host, so it can be
+    captured in a CUDA graph or traced by ``torch.export`` (dp/deploy)."""
+
+    batch: int
+    sampler: SamplingPlan
+    call_levels: list[float]
+    interval: bool  # MeanFlow: the network also takes each step's end (no precomputed level terms)
 
 
 @dataclass
@@ -47,6 +61,8 @@ class SampleContext:
     cache: ConditionCache
     known: tuple | None = None  # (positions, normalized committed actions [B, k, A])
     extra: dict = field(default_factory=dict)
+    noise: torch.Tensor | None = None  # the sampler's start, when the caller gives it
+    plan: SamplingPlan | None = None  # the sampler's grid, planned beforehand (``PredictionPlan``)
 
     @property
     def process(self):
@@ -61,7 +77,7 @@ class SampleContext:
         return self.policy.stream_layout
 
     def prior(self) -> torch.Tensor:
-        return self.policy.prior_sample(self.batch)
+        return self.policy.prior_sample(self.batch) if self.noise is None else self.noise
 
     def network(self, x_t: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
         """The raw output (e.g. logits) at x_t: for samplers that need more than ``denoise``'s x0."""
@@ -101,6 +117,7 @@ class DenoisingPolicy(Policy):
         # a buffer, so it follows the policy's device, not saved
         self.register_buffer("token_mask", None, persistent=False)
         self._episode_noise: torch.Tensor | None = None
+        self._plans: dict[tuple, PredictionPlan] = {}  # (batch, sampler, device) -> plan (``_plan_for``)
         self.generator: torch.Generator | None = None  # set for reproducible sampling
         self.routes = RouteCache(self.dit, PREFIX_STEP)
         self.register_load_state_dict_post_hook(self.clear_inference_cache)
@@ -157,8 +174,10 @@ class DenoisingPolicy(Policy):
         return super().train(mode)
 
     def clear_inference_cache(self, *_) -> None:
-        """Drop the expert route cache (rebuilt on the next prediction). Also a load_state_dict hook."""
+        """Drop the expert route cache and the prediction plans (rebuilt on the next prediction).
+        Also a load_state_dict hook."""
         self.routes.clear()
+        self._plans = {}
 
     def _upgrade_legacy_keys(self, module, state_dict, prefix, *_):
         for old, new in LEGACY_KEYS:
@@ -237,17 +256,18 @@ class DenoisingPolicy(Policy):
             return staggered_training_levels(self.process, self.stream_layout, b, self.stream_fraction, device)
         return self.process.sample_level((b,), device=device)[:, None].expand(b, self.codec.shape(b)[1])
 
-    def denoiser(self, cache: ConditionCache, known=None, cached: bool = False):
+    def denoiser(self, cache: ConditionCache, known=None, cached: bool = False, planned: bool = False):
         """The sampler's ``denoise(x_t, level) -> x0`` for one prediction: the network, the
         process's x0, committed actions inpainted, and the call index for cached routes. A
         MeanFlow process also gets the step's end level ``target`` (the network's span is
-        level - target; without a target, the whole way to 0)."""
+        level - target; without a target, the whole way to 0). ``planned``: the calls follow a
+        ``PredictionPlan``, so call i is on the routes' grid without a check."""
         calls = itertools.count()
         interval = getattr(self.process, "interval_network", False)
 
         def denoise(x_t, level, target=None):
-            i = next(calls)
-            cache.step = i if cached and self.routes.on_grid(i, level) else None
+            i = cache.call = next(calls)
+            cache.step = i if cached and (planned or self.routes.on_grid(i, level)) else None
             span = (level if target is None else level - target) if interval else None
             return inpaint(self.process.to_x0(self.network(x_t, level, cache, span).float(), x_t, level), known)
 
@@ -309,17 +329,52 @@ class DenoisingPolicy(Policy):
         obs = self.normalize_obs(self.obs_to_device(obs))
         return self.normalizer.unnormalize("action", self.codec.output(self.sample_target(obs, committed)))
 
-    def sample_target(self, obs: dict, committed: torch.Tensor | None = None) -> torch.Tensor:
+    def plan_prediction(self, batch: int) -> PredictionPlan:
+        """The plan of a prediction at ``batch`` rows with the current sampler (one whose every
+        call's level is known in advance); expert routes are cached here when they apply."""
+        sampler = self.sampler
+        if not (isinstance(sampler, Sampler) and sampler.fixed_levels):
+            raise ConfigError(f"sampler {sampler.name!r} has no fixed plan (its levels depend on the call); a "
+                              f"planned prediction takes {sorted(SAMPLER_NAMES)}.")
+        if self.routes.applies(sampler):  # a traced prediction finds them built
+            self.routes.ensure(sampler, self.process, self.device)
+        return PredictionPlan(batch, sampler.plan(self.process, self.codec.shape(batch), self.device),
+                              sampler.call_levels(self.process),
+                              bool(getattr(self.process, "interval_network", False)))
+
+    def _plan_for(self, batch: int) -> PredictionPlan:
+        """The current sampler's plan at ``batch`` rows on this device, made once."""
+        key = (batch, self.sampler, str(self.device))  # the sampler object itself: an id could be reused
+        if key not in self._plans:
+            if len(self._plans) >= 8:  # bounded: an evaluation may visit many batch sizes
+                self._plans.clear()
+            self._plans[key] = self.plan_prediction(batch)
+        return self._plans[key]
+
+    def sample_target(self, obs: dict, committed: torch.Tensor | None = None, plan: PredictionPlan | None = None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
         """Normalized obs -> the sampler's clean target in the codec's layout (``codec.output``
-        turns it into normalized actions)."""
-        cached = self.routes.applies(self.sampler)
-        if cached:
-            self.routes.ensure(self.sampler, self.process, self.device)
-        # the level-only terms of the sampler's grid, computed once (not with a span: MeanFlow's depend on it)
-        fixed = self.sampler.fixed_levels and not getattr(self.process, "interval_network", False)
-        levels = self.sampler.levels(self.process, self.device) if fixed else None
-        cache = self.encode_obs(obs, levels=levels, prefix_step=PREFIX_STEP if cached else None)
+        turns it into normalized actions). ``plan``: from ``plan_prediction`` (no host reads);
+        ``noise``: the sampler's start [B, H, A] (default: drawn here)."""
         b = next(iter(obs[k] for k in self.obs_encoder.keys)).shape[0]
+        cached = self.routes.applies(self.sampler)
+        if cached and not torch.compiler.is_compiling():  # rebuilt when the weights changed (traced: built already)
+            self.routes.ensure(self.sampler, self.process, self.device)
+        if plan is None and isinstance(self.sampler, Sampler) and self.sampler.fixed_levels:
+            plan = self._plan_for(b)
+        prefix_step = PREFIX_STEP if cached else None
+        if plan is not None:
+            if plan.batch != b:
+                raise ValueError(f"the plan is for batch {plan.batch}; the observation has {b} rows.")
+            cache = self.encode_obs(obs, levels=None if plan.interval else plan.call_levels, prefix_step=prefix_step)
+            cache.planned = True
+            if not plan.interval:
+                cache.plan_calls(plan.call_levels)
+        else:  # a sampler whose levels depend on the call (streaming, truncated) or a non-Gaussian one
+            fixed = self.sampler.fixed_levels and not getattr(self.process, "interval_network", False)
+            levels = self.sampler.levels(self.process, self.device) if fixed else None
+            cache = self.encode_obs(obs, levels=levels, prefix_step=prefix_step)
         known = self._committed_slice(committed, b)
-        ctx = SampleContext(self, self.denoiser(cache, known, cached), b, obs, cache, known)
+        ctx = SampleContext(self, self.denoiser(cache, known, cached, planned=plan is not None), b, obs, cache, known,
+                            noise=noise, plan=None if plan is None else plan.sampler)
         return self.sampler.generate(ctx)

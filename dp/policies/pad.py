@@ -37,7 +37,7 @@ from dp.encoders.obs import ObsEncoder, lowdim_keys
 from dp.errors import ConfigError
 from dp.policies.denoising import DenoisingPolicy
 from dp.policies.dit import DEFAULT_PROCESS, DEFAULT_SAMPLER
-from dp.policies.history import ObservationHistory
+from dp.runtime.history import ObservationHistory
 
 
 class PADPolicy(DenoisingPolicy):

@@ -1,0 +1,182 @@
+"""Planned predictions (no host reads), torch.export of them, and dp-export artifacts.
+
+A planned prediction must equal the eager one exactly (same arithmetic, decided earlier);
+the artifact must equal it within ``EXPORT_TOLERANCE`` and load without dp's training code.
+"""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dp.data import Normalizer
+from dp.deploy import PlannedPrediction
+from dp.deploy.export import EXPORT_TOLERANCE, example_inputs, export_policy
+from dp.errors import ConfigError
+from dp.policies import DiTPolicy
+from dp.runtime.artifact import META, PACKAGE, ExportedPolicy
+
+SHAPE_META = {"action": [2], "obs": {"state": [4]}}
+
+
+def tiny(**kw) -> DiTPolicy:
+    torch.manual_seed(0)
+    policy = DiTPolicy(SHAPE_META, **{"horizon": 8, "n_action_steps": 4, "dim": 32, "depth": 2, "heads": 2, **kw})
+    rng = np.random.default_rng(0)
+    policy.set_normalizer(Normalizer.fit({"action": rng.normal(size=(200, 2)), "state": rng.normal(size=(200, 4))}))
+    with torch.no_grad():  # adaLN and the final layer start at zero: give every path a non-trivial weight
+        for p in policy.dit.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return policy.eval()
+
+
+MOE = {"ffn": "moe", "level_cond": "add", "level_token": True, "norm": "rms",
+       "moe": {"num_experts": 4, "top_k": 2}}
+CASES = [
+    ("dit", {}, ("ddim", 10)),
+    ("dit", {}, ("dpm_solver_pp", 5)),
+    ("dit", {}, ("ddpm", 6)),
+    ("dit edm", {"process": {"schedule": "edm", "prediction": "edm"}}, ("heun", 4)),
+    ("mode", MOE, ("ddim", 5)),
+    ("switch", {"switch": {"num_experts": 3, "top_k": 2}}, ("ddim", 5)),
+    ("meanflow", {"process": {"name": "meanflow"}, "sampler": {"name": "meanflow", "steps": 1}}, ("meanflow", 2)),
+]
+
+
+@pytest.mark.parametrize("label, options, sampler", CASES, ids=[c[0] + "-" + c[2][0] for c in CASES])
+def test_planned_prediction_equals_the_eager_one(label, options, sampler):
+    policy = tiny(**options)
+    policy.set_sampler(*sampler)
+    planned = PlannedPrediction(policy, batch=3)
+    state = torch.randn(3, policy.n_obs_steps, 4)
+    with torch.inference_mode():
+        # eager: the pre-plan path (a plan is made per call in predict_action; force the unplanned one)
+        policy.generator = torch.Generator().manual_seed(1)
+        normalized = policy.normalize_obs({"state": state})
+        noise = policy.prior_sample(3)
+        eager = _unplanned(policy, normalized, noise)
+        policy.generator = torch.Generator().manual_seed(1)
+        noise_again = policy.prior_sample(3)
+        got = planned(state, noise_again)
+    assert torch.equal(noise, noise_again)
+    want = policy.normalizer.unnormalize("action", policy.codec.output(eager))
+    assert got.shape == (3, 8, 2)
+    assert torch.equal(got, want), f"{label}: planned differs from eager by {(got - want).abs().max():.3g}"
+
+
+def _unplanned(policy, normalized, noise):
+    """The sampler run without a plan (its grid read on the host as before), same noise."""
+    from dp.policies.denoising import SampleContext
+
+    cached = policy.routes.applies(policy.sampler)
+    if cached:
+        policy.routes.ensure(policy.sampler, policy.process, policy.device)
+    fixed = not getattr(policy.process, "interval_network", False)
+    levels = policy.sampler.levels(policy.process) if fixed else None
+    cache = policy.encode_obs(normalized, levels=levels, prefix_step=-1 if cached else None)
+    ctx = SampleContext(policy, policy.denoiser(cache, None, cached), noise.shape[0], normalized, cache, None,
+                        noise=noise)
+    return policy.sampler.generate(ctx)
+
+
+@pytest.mark.parametrize("options", [{}, MOE], ids=["dit", "mode"])
+def test_a_planned_prediction_traces_without_host_reads(options):
+    """torch.export fails on any tensor read on the host (a data-dependent branch): tracing is the proof."""
+    policy = tiny(**options)
+    policy.set_sampler("ddim", 4)
+    planned = PlannedPrediction(policy, batch=1)
+    inputs = example_inputs(planned, torch.Generator().manual_seed(0))
+    program = torch.export.export(planned, tuple(inputs))
+    with torch.inference_mode():
+        assert torch.equal(program.module()(*inputs), planned(*inputs))
+
+
+def test_samplers_without_a_fixed_plan_are_refused_clearly():
+    policy = tiny(n_obs_steps=1, streaming={"train_fraction": 0.8})
+    policy.set_sampler("streaming", 2)
+    with pytest.raises(ConfigError, match="no fixed plan"):
+        PlannedPrediction(policy)
+    language = DiTPolicy({**SHAPE_META, "instructions": ["push the block"]}, horizon=8, n_action_steps=4, dim=32,
+                         depth=1, heads=2, language={"encoder": "builtin", "layers": 1})
+    with pytest.raises(ConfigError, match="instruction"):
+        PlannedPrediction(language)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    """One compiled artifact (AOTInductor takes about a minute on two cores) shared by the tests below."""
+    policy = tiny(depth=1)
+    policy.set_sampler("ddim", 4)
+    out = tmp_path_factory.mktemp("export") / "artifact"
+    meta = export_policy(policy, out, info={"tasks": ["toy"], "env_options": {}, "collection_seeds_max": -1},
+                         progress=lambda *_: None)
+    return policy, out, meta
+
+
+def test_the_artifact_equals_the_eager_policy(artifact):
+    policy, out, meta = artifact
+    assert meta["max_abs_error"] <= EXPORT_TOLERANCE
+    exported = ExportedPolicy(out, seed=3)
+    state = torch.randn(1, policy.n_obs_steps, 4)
+    exported.generator.manual_seed(3)
+    noise = meta["noise"]["scale"] * torch.randn(meta["noise"]["shape"], generator=torch.Generator().manual_seed(3))
+    got = exported.predict_action({"state": state})
+    with torch.inference_mode():
+        want = PlannedPrediction(policy)(state, noise)
+    assert (got - want).abs().max() <= EXPORT_TOLERANCE
+    assert exported.executed_actions(got).shape == (1, policy.n_action_steps, 2)
+    history = exported.new_history()
+    history.push_one({"state": np.zeros(4, np.float32)})
+    assert exported.predict_action(history.batch()).shape == (1, 8, 2)
+
+
+def test_the_artifact_loads_without_training_code(artifact):
+    _, out, _ = artifact
+    code = (f"import sys, torch; from dp.runtime.artifact import ExportedPolicy; p = ExportedPolicy({str(out)!r}); "
+            "h = p.new_history(); h.push_one({'state': [0.0] * 4}); a = p.predict_action(h.batch()); "
+            "bad = sorted(m for m in sys.modules if m.startswith(('dp.policies', 'dp.core', 'dp.diffusion', "
+            "'dp.train', 'dp.data', 'dp.encoders', 'hydra', 'omegaconf'))); print(list(a.shape), bad)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("[1, 8, 2] []"), run.stdout
+
+
+def test_bad_artifacts_and_inputs_fail_clearly(artifact, tmp_path):
+    _, out, meta = artifact
+    exported = ExportedPolicy(out)
+    with pytest.raises(ConfigError, match=r"exported for shape \[1, 2, 4\].*got \[2, 2, 4\]"):
+        exported.predict_action({"state": torch.zeros(2, 2, 4)})
+    with pytest.raises(ConfigError, match="lacks 'state'"):
+        exported.predict_action({"image": torch.zeros(1, 2, 4)})
+    with pytest.raises(ConfigError, match="no policy.json"):
+        ExportedPolicy(tmp_path)
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    with open(copy / PACKAGE, "r+b") as f:  # one flipped byte
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(ConfigError, match="changed or truncated"):
+        ExportedPolicy(copy)
+    other = dict(meta, torch="0.0.1")
+    (copy / META).write_text(json.dumps(other))
+    shutil.copy(out / PACKAGE, copy / PACKAGE)
+    with pytest.raises(ConfigError, match="torch 0.0.1"):
+        ExportedPolicy(copy)
+
+
+def test_dp_control_runs_an_artifact(artifact, tmp_path):
+    from dp.control.cli import control_checkpoint
+
+    _, out, _ = artifact
+    summary = control_checkpoint(artifact=str(out), hz=50, max_ticks=40, mode="sync", torch_threads=1,
+                                 max_consecutive_misses=0, max_steps=10, output_dir=str(tmp_path / "control"))
+    assert summary["ticks"] == 40 and summary["task"] == "toy" and summary["artifact"] == str(out)
+    assert summary["sampler"] == {"name": "ddim", "steps": 4} and summary["nonfinite_predictions"] == 0
+    with pytest.raises(ConfigError, match="one of checkpoint=RUN"):
+        control_checkpoint(checkpoint="x", artifact=str(out))
