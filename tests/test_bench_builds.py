@@ -15,3 +15,21 @@ def test_every_sampling_row_runs_once():
         policy.set_sampler(**parse_spec(rest))
         passes[spec] = cost_per_call(policy, obs, repeats=1)["passes"]
     assert passes["ddim:10"] == 10 and passes["meanflow meanflow:1"] == 1 and passes["truncated:2"] == 2
+
+
+def test_the_inference_floor_counts_the_predictions_matrix_products():
+    from dp.bench.inference import gemm_floor, profile_table
+    from dp.bench.latency import BASE, _policy
+
+    policy = _policy("dit", BASE)
+    policy.set_sampler("ddim", 2)
+    obs = {"state": torch.randn(1, policy.n_obs_steps, 39)}
+    floor = gemm_floor(policy, obs, repeats=2)
+    # per network call 4 linears per block (qkv, proj, fc1, fc2); the prefix pass and the encoders add more
+    depth = len(policy.dit.blocks)
+    assert floor["gemms"] >= 2 * 4 * depth and floor["gflop"] > 0 and floor["median_ms"] > 0
+    rows, wall = profile_table(policy, obs, predictions=2)
+    classes = {r["class"] for r in rows}
+    assert {"matmul", "attention"} <= classes and wall > 0
+    assert abs(sum(r["ms_per_prediction"] for r in rows) - wall) < 0.05 * wall or \
+        sum(r["ms_per_prediction"] for r in rows) >= wall  # the table accounts for the whole prediction

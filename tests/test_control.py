@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -161,6 +162,36 @@ def test_streaming_mode_needs_a_streaming_sampler(tmp_path):
     summary, rows, robot = run(tmp_path, policy=policy, mode="streaming", max_ticks=60)
     check_log(summary, rows, robot)
     assert summary["sampler"]["name"] == "streaming" and summary["predictions"] >= 1
+
+
+def test_streaming_mode_selects_the_streaming_sampler_for_a_streaming_checkpoint(tmp_path, capsys):
+    from train_helpers import tiny_checkpoint
+
+    streaming = tiny_policy(n_obs_steps=1, streaming={"train_fraction": 0.8})
+    tiny_checkpoint(tmp_path / "run", streaming)
+    summary = control_checkpoint(str(tmp_path / "run"), hz=50, max_ticks=20, mode="streaming", torch_threads=1,
+                                 max_consecutive_misses=0, max_steps=10)
+    assert summary["sampler"] == {"name": "streaming", "steps": streaming.stream_layout.chunks}
+    assert "sampler streaming with" in capsys.readouterr().out
+    tiny_checkpoint(tmp_path / "plain", tiny_policy(n_obs_steps=1))  # never trained on staggered levels
+    with pytest.raises(ValueError, match="mode=streaming needs a policy whose sampler is 'streaming'"):
+        control_checkpoint(str(tmp_path / "plain"), hz=50, max_ticks=20, mode="streaming")
+
+
+def test_the_loop_says_before_the_first_tick_when_its_mode_cannot_hold_the_rate(tmp_path, capsys):
+    from dp.control.loop import rate_warning
+
+    sync = LoopConfig(hz=50, mode="sync")
+    assert rate_warning(0.010, sync, 8) is None
+    assert "more than the 19.0 ms a tick leaves" in rate_warning(0.025, sync, 8)
+    assert rate_warning(0.100, LoopConfig(hz=50, mode="async"), 8) is None  # 6 ticks = 120 ms of budget
+    assert "plan will run dry" in rate_warning(0.130, LoopConfig(hz=50, mode="async"), 8)
+    policy = tiny_policy()  # every prediction takes at least 50 ms, at 50 Hz in sync mode
+    fast = policy.predict_action
+    policy.predict_action = lambda obs, **kw: (time.sleep(0.05), fast(obs, **kw))[1]
+    summary, _, _ = run(tmp_path, policy, mode="sync", max_ticks=10)
+    assert "mode=sync at 50 Hz" in summary["rate_warning"]
+    assert "warning: mode=sync at 50 Hz" in capsys.readouterr().out
 
 
 def test_bad_config_values_fail_clearly(tmp_path, capsys, monkeypatch):

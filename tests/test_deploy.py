@@ -180,3 +180,44 @@ def test_dp_control_runs_an_artifact(artifact, tmp_path):
     assert summary["sampler"] == {"name": "ddim", "steps": 4} and summary["nonfinite_predictions"] == 0
     with pytest.raises(ConfigError, match="one of checkpoint=RUN"):
         control_checkpoint(checkpoint="x", artifact=str(out))
+
+
+def test_the_graphed_prediction_rebuilds_on_weight_and_sampler_changes():
+    """On a CPU the static-buffer path runs without a graph; the rebuild logic is the same as on CUDA."""
+    from dp.deploy.graphed import GraphedPrediction
+
+    policy = tiny()
+    policy.set_sampler("ddim", 4)
+    graphed = GraphedPrediction(policy)
+    state = torch.randn(1, policy.n_obs_steps, 4)
+    noise = policy.prior_sample(1)
+    with torch.inference_mode():
+        want = PlannedPrediction(policy)(state, noise)
+    assert torch.equal(graphed(state, noise), want) and graphed.builds == 1
+    graphed(state, noise)
+    assert graphed.builds == 1  # nothing changed: no rebuild
+    with torch.no_grad():
+        next(policy.dit.parameters()).mul_(1.5)  # an in-place update (an optimizer or EMA step)
+    with torch.inference_mode():
+        want = PlannedPrediction(policy)(state, noise)
+    assert torch.equal(graphed(state, noise), want) and graphed.builds == 2
+    policy.set_sampler("ddim", 2)
+    assert graphed(state, noise).shape == (1, 8, 2) and graphed.builds == 3
+    with pytest.raises(ValueError, match="built for inputs"):
+        graphed(torch.randn(2, policy.n_obs_steps, 4), noise)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("options", [{}, MOE], ids=["dit", "mode"])
+def test_the_cuda_graph_equals_eager(options):
+    from dp.deploy.graphed import GraphedPrediction
+
+    policy = tiny(**options).cuda()
+    policy.set_sampler("ddim", 10)
+    graphed = GraphedPrediction(policy)
+    state = torch.randn(1, policy.n_obs_steps, 4, device="cuda")
+    noise = policy.prior_sample(1)
+    with torch.inference_mode():
+        want = PlannedPrediction(policy)(state, noise)
+    got = graphed(state, noise)
+    assert graphed.captured and (got - want).abs().max() <= 1e-5

@@ -18,7 +18,7 @@ ALLOWED = {
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
     "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint", "dp.runtime"},
-    "dp.deploy": {"dp.policies", "dp.checkpoint", "dp.runtime"},
+    "dp.deploy": {"dp.core", "dp.policies", "dp.checkpoint", "dp.runtime"},
     "dp.video": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data"},
     "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "envs"},
     "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "envs"},

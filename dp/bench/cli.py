@@ -8,6 +8,7 @@ from dp.cli_errors import user_errors_exit
 
 BENCHMARKS = {
     "dataset": "dp.bench.dataset",
+    "inference": "dp.bench.inference",
     "latency": "dp.bench.latency",
     "mode": "dp.bench.mode",
     "sampling": "dp.bench.sampling",
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="mode / video_sparse: time a trained checkpoint (policy=mode: its routes; "
                              "policy=video: also PSNR dense vs sparse) instead of random weights")
     parser.add_argument("--against", default=None,
-                        help="versus: another checkout to time batch-1 latency against, interleaved")
+                        help="versus, inference: another checkout to time batch-1 latency against, interleaved")
     args = parser.parse_args(argv)
     names = args.names or [n for n in BENCHMARKS if n != "versus"]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -38,12 +39,12 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     if args.checkpoint and len(names) != 1 or args.checkpoint and names[0] not in ("mode", "video_sparse"):
         parser.error("--checkpoint applies to one benchmark, mode or video_sparse: dp-bench mode --checkpoint PATH")
-    if (args.against is not None) != ("versus" in names):
-        parser.error("dp-bench versus --against PATH (and --against only with versus)")
+    if "versus" in names and args.against is None or args.against is not None and set(names) - {"versus", "inference"}:
+        parser.error("dp-bench versus --against PATH (and --against only with versus or inference)")
     with user_errors_exit():
         for name in names:
             extra = {"checkpoint": args.checkpoint} if args.checkpoint else {}
-            extra.update({"against": args.against} if name == "versus" else {})
+            extra.update({"against": args.against} if name in ("versus", "inference") else {})
             importlib.import_module(BENCHMARKS[name]).main(device=args.device, **extra)
 
 

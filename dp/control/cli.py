@@ -26,6 +26,19 @@ FAULT_STOPS = ("nonfinite_actions", "consecutive_misses")  # stop reasons that e
 EXIT_FAULT = 3
 
 
+def streaming_sampler_for(policy) -> None:
+    """``mode=streaming`` without ``sampler=...``: a policy trained for streaming (on chunk-staggered
+    levels, ``policy.streaming.train_fraction`` > 0) gets the streaming sampler with one denoising
+    pass per call (steps = its number of chunks). Others keep theirs, and the mode check says why."""
+    if getattr(getattr(policy, "sampler", None), "name", None) == "streaming":
+        return
+    if getattr(policy, "stream_fraction", 0) > 0:
+        steps = policy.stream_layout.chunks
+        policy.set_sampler("streaming", steps)
+        print(f"mode=streaming: sampler streaming with {steps} steps (one pass per call); the checkpoint was trained "
+              f"for it. Pass sampler={{name: streaming, steps: K}} to choose K.")
+
+
 def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: str | dict | None = None,
                        max_steps: int | None = None,
                        duration_s: float | None = 60.0, max_ticks: int | None = None, output_dir: str | None = None,
@@ -61,6 +74,8 @@ def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: 
         policy = load_policy(ckpt, ema=ema, device=device)
         if sampler:
             policy.set_sampler(**sampler)  # name, steps and any sampler options
+        elif config.mode == "streaming":
+            streaming_sampler_for(policy)
         policy.generator = torch.Generator(device=device).manual_seed(seed)
         tasks, env_options = checkpoint_tasks(cfg)  # the task and env options the way dp-eval finds them
         seeds_max = int(cfg.get("collection_seeds_max", -1))

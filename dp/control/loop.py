@@ -124,6 +124,28 @@ def check_policy_for_mode(policy, mode: str) -> None:
             f"or use mode=sync or mode=async.")
 
 
+def rate_warning(latency_s: float | None, cfg: LoopConfig, n_exec: int) -> str | None:
+    """Before the first tick: whether the measured prediction time lets ``cfg.mode`` hold the rate.
+    sync and streaming wait for a prediction inside one tick; async must finish one while the
+    ``n_exec`` actions of the last one run (less the lead margin). None when it fits."""
+    if latency_s is None:
+        return None
+    ms, period_ms = 1000 * latency_s, 1000 * cfg.period
+    if cfg.mode in ("sync", "streaming"):
+        budget = period_ms - cfg.send_margin_ms
+        if ms > budget:
+            return (f"mode={cfg.mode} at {cfg.hz:g} Hz: a prediction took {ms:.1f} ms in the warm-up, more than the "
+                    f"{budget:.1f} ms a tick leaves for it, so the ticks that wait for one will miss their deadline. "
+                    f"Use mode=async, fewer sampler steps, a lower rate, or an exported artifact (dp-export).")
+        return None
+    budget = (n_exec - cfg.lead_margin_ticks) * period_ms
+    if ms > budget:
+        return (f"mode=async at {cfg.hz:g} Hz: a prediction took {ms:.1f} ms in the warm-up, more than the {budget:.1f} "
+                f"ms that {n_exec} executed actions less {cfg.lead_margin_ticks} lead ticks leave for it, so the plan "
+                f"will run dry. Use fewer sampler steps, a lower rate, or an exported artifact (dp-export).")
+    return None
+
+
 # ------------------------------------------------------------------ inference worker
 @dataclass
 class Prediction:
@@ -366,6 +388,7 @@ class ControlLoop:
             "episode_start_waits": len(self.stats["start_waits_ms"]),
             "episode_start_wait_ms_max": max(self.stats["start_waits_ms"], default=None),
             "clipped_actions": self.stats["clipped_actions"],
+            "rate_warning": self.stats.get("rate_warning"),
             "nonfinite_predictions": self.stats["nonfinite_predictions"],
             "nonfinite_actions_blocked": self.stats["nonfinite_actions_blocked"],
             "wall_s": wall_s,
@@ -398,6 +421,10 @@ class ControlLoop:
         episode = robot.episode
         history = self._fresh_history(obs)
         latencies = deque(self._warmup(predictor, history), maxlen=LATENCY_WINDOW)
+        self.stats["rate_warning"] = rate_warning(max(latencies, default=None), cfg, n_exec)
+        if self.stats["rate_warning"]:
+            log.warning(self.stats["rate_warning"])
+            print(f"warning: {self.stats['rate_warning']}", flush=True)
         new_episode = True  # reset the policy with the episode's first prediction
         job: _Job | None = None  # the prediction for the current episode, if one is running
         stale: list[Future] = []  # predictions for a finished episode: only their latency is kept

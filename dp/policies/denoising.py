@@ -118,6 +118,7 @@ class DenoisingPolicy(Policy):
         self.register_buffer("token_mask", None, persistent=False)
         self._episode_noise: torch.Tensor | None = None
         self._plans: dict[tuple, PredictionPlan] = {}  # (batch, sampler, device) -> plan (``_plan_for``)
+        self.planning = True  # False: decide each prediction's grid as it runs (the pre-plan path, for A/B timing)
         self.generator: torch.Generator | None = None  # set for reproducible sampling
         self.routes = RouteCache(self.dit, PREFIX_STEP)
         self.register_load_state_dict_post_hook(self.clear_inference_cache)
@@ -360,7 +361,7 @@ class DenoisingPolicy(Policy):
         cached = self.routes.applies(self.sampler)
         if cached and not torch.compiler.is_compiling():  # rebuilt when the weights changed (traced: built already)
             self.routes.ensure(self.sampler, self.process, self.device)
-        if plan is None and isinstance(self.sampler, Sampler) and self.sampler.fixed_levels:
+        if plan is None and self.planning and isinstance(self.sampler, Sampler) and self.sampler.fixed_levels:
             plan = self._plan_for(b)
         prefix_step = PREFIX_STEP if cached else None
         if plan is not None:
