@@ -1,4 +1,5 @@
 """The benchmarks' own policies build and run one call each (what they time is measured by dp-bench, not here)."""
+import pytest
 import torch
 
 from dp.bench import sampling
@@ -27,7 +28,8 @@ def test_the_inference_floor_counts_the_predictions_matrix_products():
     floor = gemm_floor(policy, obs, repeats=2)
     # per network call 4 linears per block (qkv, proj, fc1, fc2); the prefix pass and the encoders add more
     depth = len(policy.dit.blocks)
-    assert floor["gemms"] >= 2 * 4 * depth and floor["gflop"] > 0 and floor["median_ms"] > 0
+    assert floor["gemms"] >= 2 * 4 * depth and floor["gflop"] > 0 and floor["replay_ms"] > 0
+    assert floor["bound_ms"] == pytest.approx(floor["gflop"] / floor["peak_gflops"] * 1000)
     rows, wall = profile_table(policy, obs, predictions=2)
     classes = {r["class"] for r in rows}
     assert {"matmul", "attention"} <= classes and wall > 0
