@@ -93,11 +93,43 @@ def test_a_planned_prediction_traces_without_host_reads(options):
         assert torch.equal(program.module()(*inputs), planned(*inputs))
 
 
+@pytest.mark.parametrize("options", [{}, {"action_patch": 2}], ids=["patch1", "patch2"])
+def test_planned_streaming_calls_equal_the_eager_ones(options):
+    """An episode's first call (warm-up, then its passes) and a later one (shift, passes), buffer as tensors."""
+    policy = tiny(n_obs_steps=1, streaming={"train_fraction": 0.8}, **options)
+    policy.set_sampler("streaming", 4)  # 2 chunks of 4 actions: 2 passes per call
+    first, later = PlannedPrediction(policy, 2, first=True), PlannedPrediction(policy, 2, first=False)
+    states = [torch.randn(2, 1, 4) for _ in range(3)]
+    noises = [policy.prior_sample(2) for _ in range(3)]
+    with torch.inference_mode():
+        policy.reset()
+        eager = [policy.normalizer.unnormalize("action", policy.codec.output(
+            policy.sample_target(policy.normalize_obs({"state": s}), noise=n))) for s, n in zip(states, noises)]
+        got, buffer = first(states[0], noises[0])
+        planned = [got]
+        for s, n in zip(states[1:], noises[1:]):
+            got, buffer = later(s, buffer, n)
+            planned.append(got)
+        assert policy.sampler.buffer is not None  # the eager calls' state, untouched by the planned ones
+    for e, p in zip(eager, planned):
+        assert torch.equal(e, p), f"planned streaming differs by {(e - p).abs().max():.3g}"
+    program = torch.export.export(later, (states[0], buffer, noises[0]))  # no host reads in a later call
+    with torch.inference_mode():
+        assert torch.equal(program.module()(states[1], buffer, noises[1])[0], later(states[1], buffer, noises[1])[0])
+    policy.reset()  # a later call's plan on an empty buffer would index the wrong calls' terms
+    with pytest.raises(ValueError, match="buffer is empty"), torch.inference_mode():
+        policy.sample_target(policy.normalize_obs({"state": states[0]}), plan=later.plan, noise=noises[0])
+
+
 def test_samplers_without_a_fixed_plan_are_refused_clearly():
     policy = tiny(n_obs_steps=1, streaming={"train_fraction": 0.8})
     policy.set_sampler("streaming", 2)
+    with pytest.raises(ConfigError, match="first=True or first=False"):
+        policy.plan_prediction(1)
+    truncated = tiny(process={"prediction": "x0"}, anchors={"count": 4})
+    truncated.set_sampler("truncated", 2)
     with pytest.raises(ConfigError, match="no fixed plan"):
-        PlannedPrediction(policy)
+        PlannedPrediction(truncated)
     language = DiTPolicy({**SHAPE_META, "instructions": ["push the block"]}, horizon=8, n_action_steps=4, dim=32,
                          depth=1, heads=2, language={"encoder": "builtin", "layers": 1})
     with pytest.raises(ConfigError, match="instruction"):
@@ -221,3 +253,31 @@ def test_the_cuda_graph_equals_eager(options):
         want = PlannedPrediction(policy)(state, noise)
     got = graphed(state, noise)
     assert graphed.captured and (got - want).abs().max() <= 1e-5
+
+
+def test_a_streaming_artifact_carries_its_buffer_between_calls(tmp_path):
+    """Two programs (an episode's first call, later calls); the buffer passes between them in the loader."""
+    policy = tiny(depth=1, n_obs_steps=1, streaming={"train_fraction": 0.8})
+    policy.set_sampler("streaming", 4)
+    out = tmp_path / "artifact"
+    meta = export_policy(policy, out, info={"tasks": ["toy"], "env_options": {}, "collection_seeds_max": -1},
+                         progress=lambda *_: None)
+    assert meta["state"]["shape"] == [1, 8, 2] and set(meta["files"]) == {"policy.pt2", "first.pt2"}
+    exported = ExportedPolicy(out, seed=5)
+    draws = torch.Generator().manual_seed(5)
+    states = [torch.randn(1, 1, 4) for _ in range(4)]
+    policy.reset()
+    for i, s in enumerate(states):
+        if i == 2:  # a new episode: both start again from noise alone
+            exported.reset()
+            policy.reset()
+        noise = meta["noise"]["scale"] * torch.randn(meta["noise"]["shape"], generator=draws)
+        with torch.inference_mode():
+            want = policy.normalizer.unnormalize("action", policy.codec.output(
+                policy.sample_target(policy.normalize_obs({"state": s}), noise=noise)))
+        assert (exported.predict_action({"state": s}) - want).abs().max() <= EXPORT_TOLERANCE
+    from dp.control.cli import control_checkpoint
+
+    summary = control_checkpoint(artifact=str(out), hz=50, max_ticks=30, mode="streaming", torch_threads=1,
+                                 max_consecutive_misses=0, max_steps=10, output_dir=str(tmp_path / "control"))
+    assert summary["ticks"] == 30 and summary["sampler"]["name"] == "streaming"

@@ -85,9 +85,9 @@ class ConditionCache:
     # level value -> (level_emb, per-block modulation tuples, final adaLN output), each [B or 1, 1, *]
     level_terms: dict[float, tuple] = field(default_factory=dict)
     step: int | None = None  # index of the current network call (set by the caller, read by the ffn)
-    # a planned prediction (``plan_calls``): the level terms of each network call in call order, and the
-    # index of the current call (set by the caller); then no level is read on the host
-    planned: bool = False  # every call runs at one level for all tokens (a planned prediction)
+    # a planned prediction (``DiT.plan_calls``): the level terms of each network call in call order, and
+    # the index of the current call (set by the caller); then no level is read on the host
+    uniform_levels: bool = False  # the caller's promise: every call runs at one level on all tokens
     call_terms: list[tuple] | None = None
     call: int = 0
     # attention masks from cond_mask (None: nothing padded): for the prefix, [B, 1, 1, M] keys of the
@@ -109,13 +109,6 @@ class ConditionCache:
         own = self.prefix_mask.new_ones(*self.prefix_mask.shape[:3], n)
         return torch.cat([self.prefix_mask, own], dim=-1)
 
-
-    def plan_calls(self, call_levels: list[float]) -> None:
-        """Fix the level of every network call of the prediction (each must have been prepared): the
-        terms are then looked up by ``call``, the caller's promise that call i runs at
-        ``call_levels[i]`` on every token, with no check that would read the level on the host."""
-        self.planned = True
-        self.call_terms = [self.level_terms[float(v)] for v in call_levels]
 
     def level_terms_for(self, level: torch.Tensor):
         """Precomputed terms when every token of every sample sits at one stored level, else None."""
@@ -355,7 +348,7 @@ class DiT(nn.Module):
             raise ValueError("a DiT with span_embedding takes span=[B, N] (MeanFlow's t - r), and only such a DiT does.")
         terms = cache.level_terms_for(level) if span is None else None
         if terms is None:
-            if level.shape[1] > 1 and (cache.planned or bool((level == level[:, :1]).all()) and (
+            if level.shape[1] > 1 and (cache.uniform_levels or bool((level == level[:, :1]).all()) and (
                     span is None or bool((span == span[:, :1]).all()))):
                 level = level[:, :1]  # one level per sample: embed and modulate once, broadcast over tokens
                 span = None if span is None else span[:, :1]
@@ -477,3 +470,21 @@ class DiT(nn.Module):
             pick = slice(i, i + 1)
             cache.level_terms[v] = (level_emb[:, pick], [tuple(t[:, pick] for t in m) for m in mods],
                                     None if final is None else final[:, pick])
+
+    def plan_calls(self, cache: ConditionCache, call_levels: list) -> None:
+        """Fix the level of every network call of a prediction, so that its terms are looked up by
+        ``cache.call`` with no check that reads a level on the host. Each entry is a float (every
+        token at that level) or a list of per-token levels [N] (streaming's staggered chunks); every
+        value must have been prepared (``prepare_levels``)."""
+        cache.call_terms = [self._call_terms(cache, v) for v in call_levels]
+
+    def _call_terms(self, cache: ConditionCache, levels) -> tuple:
+        if isinstance(levels, (int, float)):
+            return cache.level_terms[float(levels)]
+        values = [float(v) for v in levels]
+        if self.level_token:  # the level token takes the first token's terms, as in ``forward``
+            values = values[:1] + values
+        parts = [cache.level_terms[v] for v in values]
+        cat = lambda ts: torch.cat(ts, dim=1)  # noqa: E731
+        mods = [tuple(cat([p[1][i][k] for p in parts]) for k in range(len(parts[0][1][i]))) for i in range(self.depth)]
+        return cat([p[0] for p in parts]), mods, None if parts[0][2] is None else cat([p[2] for p in parts])

@@ -20,13 +20,14 @@ import torch
 
 from dp.deploy.planned import PlannedPrediction
 from dp.errors import ConfigError
-from dp.runtime.artifact import FORMAT, META, PACKAGE, VERSION, sha256
+from dp.runtime.artifact import FIRST_PACKAGE, FORMAT, META, PACKAGE, VERSION, sha256
 
 EXPORT_TOLERANCE = 1e-4  # max |artifact - eager| in env units, fp32
 
 
 def example_inputs(planned: PlannedPrediction, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-    """Observation tensors of the exported shapes (images uint8, low-dim float32), then noise."""
+    """Observation tensors of the exported shapes (images uint8, low-dim float32), the streaming buffer
+    when the prediction takes one, then noise."""
     policy, b = planned.policy, planned.batch
     obs_meta = policy.config["shape_meta"]["obs"]
     cameras = set(getattr(policy.obs_encoder, "cameras", []))
@@ -37,8 +38,24 @@ def example_inputs(planned: PlannedPrediction, generator: torch.Generator | None
             out.append(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator))
         else:
             out.append(torch.randn(shape, generator=generator))
+    if planned.stateful and not planned.first:
+        out.append(torch.randn(planned.state_shape, generator=generator))
     out.append(policy.process.prior(planned.noise_shape, generator=generator))
     return [x.to(policy.device) for x in out]
+
+
+def _compile(planned: PlannedPrediction, path: Path, progress) -> float:
+    """Trace, compile into ``path`` and check against eager: the max |compiled - eager| (actions)."""
+    inputs = example_inputs(planned, torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = planned(*inputs)
+    program = torch.export.export(planned, tuple(inputs))
+    progress(f"traced {path.name} ({len(program.graph.nodes)} graph nodes); compiling with AOTInductor ...")
+    torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+    got = torch._inductor.aoti_load_package(str(path))(*inputs)
+    if planned.stateful:
+        return max(float((g - e).abs().max()) for g, e in zip(got, expected))
+    return float((got - expected).abs().max())
 
 
 def export_policy(policy, output: str | Path, batch: int = 1, info: dict | None = None,
@@ -47,21 +64,18 @@ def export_policy(policy, output: str | Path, batch: int = 1, info: dict | None 
     returns its metadata. The directory is written beside and renamed into place, so a failed export
     leaves any earlier artifact there as it was."""
     policy = policy.eval()
-    planned = PlannedPrediction(policy, batch)
-    inputs = example_inputs(planned, torch.Generator().manual_seed(0))
+    stateful = hasattr(policy.sampler, "buffer")
+    programs = {PACKAGE: PlannedPrediction(policy, batch, first=False if stateful else None)}
+    if stateful:  # an episode's first call starts from noise alone: its own program
+        programs[FIRST_PACKAGE] = PlannedPrediction(policy, batch, first=True)
+    planned = programs[PACKAGE]
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            expected = planned(*inputs)
-        program = torch.export.export(planned, tuple(inputs))
-        progress(f"traced the prediction ({len(program.graph.nodes)} graph nodes); compiling with AOTInductor ...")
-        torch._inductor.aoti_compile_and_package(program, package_path=str(tmp / PACKAGE))
-        compiled = torch._inductor.aoti_load_package(str(tmp / PACKAGE))
-        error = float((compiled(*inputs) - expected).abs().max())
+        error = max(_compile(p, tmp / name, progress) for name, p in programs.items())
         if not error <= EXPORT_TOLERANCE:
             raise ConfigError(f"the compiled artifact differs from the eager policy by {error:.3g} (tolerance "
                               f"{EXPORT_TOLERANCE}); nothing was written to {out}.")
@@ -70,17 +84,18 @@ def export_policy(policy, output: str | Path, batch: int = 1, info: dict | None 
             "format": FORMAT, "version": VERSION, "torch": torch.__version__, "device": str(policy.device),
             "policy": type(policy).__name__, "batch": batch,
             "inputs": [{"key": k, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
-                       for k, x in zip(planned.keys, inputs)],
+                       for k, x in zip(planned.keys, example_inputs(planned))],
+            "state": {"shape": list(planned.state_shape), "first_package": FIRST_PACKAGE} if stateful else None,
             "noise": {"shape": list(planned.noise_shape), "scale": policy.process.prior_scale()},
             "initial_noise": policy.initial_noise,
             "n_obs_steps": policy.n_obs_steps, "n_action_steps": policy.n_action_steps,
             "horizon": policy.horizon, "action_dim": policy.action_dim, "executed_start": policy.n_obs_steps - 1,
             "history": {"keys": history.keys, "cameras": sorted(history.cameras), "sources": history.sources},
-            "sampler": {"name": policy.sampler.name, "steps": policy.sampler.steps},
+            "sampler": dict(policy.config.get("sampler") or {"name": policy.sampler.name, "steps": policy.sampler.steps}),
             "max_abs_error": error, "compile_s": round(time.perf_counter() - t0, 1),
             **(info or {}),
         }
-        meta["files"] = {PACKAGE: {"size": (tmp / PACKAGE).stat().st_size, "sha256": sha256(tmp / PACKAGE)}}
+        meta["files"] = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256(tmp / name)} for name in programs}
         (tmp / META).write_text(json.dumps(meta, indent=1))
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")

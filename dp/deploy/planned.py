@@ -9,7 +9,9 @@ the forward pass is straight-line tensor code: what a CUDA graph capture and ``t
 need. The sampler's starting noise is an input (``policy.prior_sample``), so the caller keeps
 ``initial_noise`` semantics and a traced graph holds no random state.
 
-Build it again after changing the sampler; weights may change in place (they are read, not
+A streaming sampler keeps its buffer between calls: planned, that buffer is an input and an
+output (``first=True`` plans an episode's first call, which starts from noise alone; ``False``
+a later one). Build it again after changing the sampler; weights may change in place (they are read, not
 copied), except where a consumer copies them (an exported artifact, a CUDA graph's cached
 terms: ``GraphedPrediction`` rebuilds on a weight change).
 """
@@ -25,7 +27,7 @@ class PlannedPrediction(nn.Module):
     """forward(*obs, noise): obs tensors [B, T, ...] in ``keys`` order (normalization included),
     noise [B, H, A] -> actions [B, H, A] in env units."""
 
-    def __init__(self, policy, batch: int = 1):
+    def __init__(self, policy, batch: int = 1, first: bool | None = None):
         super().__init__()
         if not hasattr(policy, "plan_prediction"):
             raise ConfigError(f"{type(policy).__name__} has no planned prediction; planned (graphed, exported) "
@@ -35,19 +37,39 @@ class PlannedPrediction(nn.Module):
                               "prediction cannot take as a tensor; run it eagerly.")
         self.policy = policy
         self.keys = list(policy.obs_encoder.keys)
-        self.plan = policy.plan_prediction(batch)
+        self.stateful = hasattr(policy.sampler, "buffer")  # streaming: the buffer is state between calls
+        self.first = first if self.stateful else None
+        self.plan = policy.plan_prediction(batch, first=self.first)
         self.batch = batch
 
     @property
     def noise_shape(self) -> tuple[int, ...]:
         return tuple(self.policy.codec.shape(self.batch))
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+    @property
+    def state_shape(self) -> tuple[int, ...] | None:
+        """The streaming buffer's shape [B, H, A] (normalized units), None for stateless samplers."""
+        return self.noise_shape if self.stateful else None
+
+    def forward(self, *tensors: torch.Tensor):
+        """Stateless: (*obs, noise) -> actions. Streaming: (*obs, noise) -> (actions, buffer) for an
+        episode's first call, (*obs, buffer, noise) -> (actions, buffer) for a later one."""
+        takes_state = self.stateful and not self.first
         *obs, noise = tensors
+        state = obs.pop() if takes_state else None
         if len(obs) != len(self.keys):
-            raise ValueError(f"expected {len(self.keys)} observation tensors ({self.keys}) and the noise, "
-                             f"got {len(tensors)} tensors.")
+            raise ValueError(f"expected {len(self.keys)} observation tensors ({self.keys}), "
+                             f"{'the buffer, ' if takes_state else ''}and the noise; got {len(tensors)} tensors.")
         policy = self.policy
         normalized = policy.normalize_obs(dict(zip(self.keys, obs)))
-        target = policy.sample_target(normalized, plan=self.plan, noise=noise)
-        return policy.normalizer.unnormalize("action", policy.codec.output(target))
+        sampler = policy.sampler
+        saved = (sampler.buffer, sampler.levels) if self.stateful else None
+        try:
+            if self.stateful:
+                sampler.buffer = state  # this call's state goes in and out as tensors, not as the policy's
+            target = policy.sample_target(normalized, plan=self.plan, noise=noise)
+        finally:
+            if self.stateful:
+                sampler.buffer, sampler.levels = saved
+        actions = policy.normalizer.unnormalize("action", policy.codec.output(target))
+        return (actions, target) if self.stateful else actions

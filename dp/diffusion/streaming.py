@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from dp.diffusion.process import GaussianProcess
-from dp.diffusion.samplers import Denoise, gaussian_sampler
+from dp.diffusion.samplers import Denoise, SamplingPlan, gaussian_sampler
 from dp.errors import ConfigError
 
 
@@ -109,7 +109,7 @@ class StreamingSampler:
                           "policy.streaming.train_fraction=0.8.", stacklevel=3)
 
     def generate(self, ctx) -> torch.Tensor:
-        return self.call(ctx.denoise, ctx.process, ctx.layout, ctx.prior, generator=ctx.generator)
+        return self.call(ctx.denoise, ctx.process, ctx.layout, ctx.prior, generator=ctx.generator, plan=ctx.plan)
 
     def passes(self, layout: StreamLayout) -> int:
         if self.steps % layout.chunks:
@@ -125,34 +125,74 @@ class StreamingSampler:
         """[H] levels at the start of a warm call: chunk i at (i + 1) / h."""
         return (layout.chunk_index(device).float() + 1) / layout.chunks
 
+    def pass_grid(self, layout: StreamLayout, batch: int, device=None) -> torch.Tensor:
+        """[P+1, B, H]: one call's passes, every chunk dropping by 1/h from its entry level."""
+        entry = self.entry_levels(layout, device)
+        grid = torch.stack([entry - j / self.steps for j in range(self.passes(layout) + 1)]).clamp_min(0)
+        return grid[:, None].expand(-1, batch, -1)
+
+    def warm_up_grid(self, process: GaussianProcess, layout: StreamLayout, batch: int, device=None):
+        """[S+1, B, H]: pure noise -> the entry levels on the N-step grid, each token stopping at its own
+        entry level (rows where nothing moves dropped); None when there is nothing to do."""
+        entry = self.entry_levels(layout, device)
+        full = process.sampling_levels(self.steps, device)  # [N+1], 1 -> 0
+        grid = torch.maximum(full[:, None], entry[None])  # [N+1, H]
+        keep = (grid[:-1] > grid[1:]).any(1)
+        grid = torch.cat([grid[:1], grid[1:][keep]])
+        return None if grid.shape[0] == 1 else grid[:, None].expand(-1, batch, -1)
+
+    def plan(self, process: GaussianProcess, layout: StreamLayout, batch: int, device=None) -> "StreamingPlan":
+        """Both kinds of call planned once (``Sampler.plan``): the first of an episode (warm-up, then a
+        call's passes) and every later one (its passes), for ``batch`` rows."""
+        if self.base.calls_per_step != 1:
+            raise ConfigError(f"a planned streaming call takes a base sampler with one network call per step; "
+                              f"{self.base.name!r} makes {self.base.calls_per_step}.")
+        shape = (batch, layout.horizon)
+        warm_up = self.warm_up_grid(process, layout, batch, device)
+        return StreamingPlan(None if warm_up is None else self.base.plan(process, shape, device, warm_up),
+                             self.base.plan(process, shape, device, self.pass_grid(layout, batch, device)))
+
     def call(self, denoise: Denoise, process: GaussianProcess, layout: StreamLayout,
-             prior: Callable[[], torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+             prior: Callable[[], torch.Tensor], generator: torch.Generator | None = None,
+             plan: "StreamingPlan | None" = None) -> torch.Tensor:
         """One control step: the buffer [B, H, A] after this call's passes; chunk 0 is clean.
 
-        ``prior()`` draws fresh noise [B, H, A] at level 1 (the top chunk takes its rows)."""
-        p = self.passes(layout)
-        entry = self.entry_levels(layout)
+        ``prior()`` draws fresh noise [B, H, A] at level 1 (the top chunk takes its rows). ``plan``:
+        ``self.plan(...)`` made beforehand (no host reads)."""
         noise = prior()
-        entry = entry.to(noise.device)
+        b = noise.shape[0]
         if self.buffer is None or self.buffer.shape != noise.shape:
-            self.buffer = self._warm_up(denoise, process, noise, entry, generator)
+            if plan is None:
+                grid = self.warm_up_grid(process, layout, b, noise.device)
+                self.buffer = noise if grid is None else self.base.sample(denoise, process, noise, levels=grid,
+                                                                          generator=generator)
+            else:
+                self.buffer = noise if plan.warm_up is None else self.base.sample(
+                    denoise, process, noise, generator=generator, plan=plan.warm_up)
         else:  # drop the executed chunk, shift, fresh noise on top
             c = layout.chunk
             self.buffer = torch.cat([self.buffer[:, c:], noise[:, -c:]], dim=1)
-        grid = torch.stack([entry - j / self.steps for j in range(p + 1)]).clamp_min(0)  # [P+1, H]
-        grid = grid[:, None].expand(-1, noise.shape[0], -1)
-        self.buffer = self.base.sample(denoise, process, self.buffer, levels=grid, generator=generator)
-        self.levels = grid[-1]
+        if plan is None:
+            grid = self.pass_grid(layout, b, noise.device)
+            self.buffer = self.base.sample(denoise, process, self.buffer, levels=grid, generator=generator)
+            self.levels = grid[-1]
+        else:
+            self.buffer = self.base.sample(denoise, process, self.buffer, generator=generator, plan=plan.passes)
+            self.levels = plan.passes.rows[-1]
         return self.buffer
 
-    def _warm_up(self, denoise, process, noise, entry, generator) -> torch.Tensor:
-        """Pure noise -> the entry levels, by ordinary sampling on the N-step grid with each
-        token stopping at its own entry level."""
-        full = process.sampling_levels(self.steps, noise.device)  # [N+1], 1 -> 0
-        grid = torch.maximum(full[:, None], entry[None])  # [N+1, H]
-        keep = (grid[:-1] > grid[1:]).any(1)  # drop the rows where nothing moves
-        grid = torch.cat([grid[:1], grid[1:][keep]])
-        if grid.shape[0] == 1:
-            return noise
-        grid = grid[:, None].expand(-1, noise.shape[0], -1)
-        return self.base.sample(denoise, process, noise, levels=grid, generator=generator)
+    def plan_calls(self, process: GaussianProcess, batch: int, horizon: int, device=None, first: bool = True,
+                   layout: StreamLayout | None = None) -> tuple["StreamingPlan", list[list[float]]]:
+        """(the plan, per network call each action's level [H]) for an episode's first call or a later one."""
+        plan = self.plan(process, layout, batch, device)
+        grids = ([plan.warm_up] if first and plan.warm_up is not None else []) + [plan.passes]
+        return plan, [row[0].tolist() for g in grids for row in g.rows[:-1]]
+
+
+@dataclass(frozen=True)
+class StreamingPlan:
+    """A streaming sampler's two kinds of call, planned (``StreamingSampler.plan``): ``warm_up`` (pure noise
+    to the entry levels, at an episode's first call; None when nothing moves) and ``passes`` (every call)."""
+
+    warm_up: SamplingPlan | None
+    passes: SamplingPlan

@@ -28,7 +28,7 @@ from dp.diffusion import make_sampler
 from dp.diffusion.protocol import check_pairing
 from dp.diffusion.samplers import SAMPLERS as SAMPLER_NAMES
 from dp.diffusion.samplers import Sampler, SamplingPlan
-from dp.diffusion.streaming import StreamLayout, staggered_training_levels
+from dp.diffusion.streaming import StreamingPlan, StreamingSampler, StreamLayout, staggered_training_levels
 from dp.encoders.tokens import ObservationTokens, Tokens
 from dp.errors import ConfigError
 from dp.policies.base import Policy, inpaint
@@ -45,9 +45,18 @@ class PredictionPlan:
     captured in a CUDA graph or traced by ``torch.export`` (dp/deploy)."""
 
     batch: int
-    sampler: SamplingPlan
-    call_levels: list[float]
+    sampler: SamplingPlan | StreamingPlan
+    call_levels: list  # per network call: a float, or per token a list [N] (streaming's chunks)
     interval: bool  # MeanFlow: the network also takes each step's end (no precomputed level terms)
+    first: bool | None = None  # stateful samplers (streaming): planned for an episode's first call or a later one
+
+    @property
+    def uniform(self) -> bool:
+        return all(isinstance(v, float) for v in self.call_levels)
+
+    @property
+    def level_values(self) -> list[float]:
+        return sorted({v for c in self.call_levels for v in ([c] if isinstance(c, float) else c)})
 
 
 @dataclass
@@ -330,18 +339,26 @@ class DenoisingPolicy(Policy):
         obs = self.normalize_obs(self.obs_to_device(obs))
         return self.normalizer.unnormalize("action", self.codec.output(self.sample_target(obs, committed)))
 
-    def plan_prediction(self, batch: int) -> PredictionPlan:
-        """The plan of a prediction at ``batch`` rows with the current sampler (one whose every
-        call's level is known in advance); expert routes are cached here when they apply."""
+    def plan_prediction(self, batch: int, first: bool | None = None) -> PredictionPlan:
+        """The plan of a prediction at ``batch`` rows with the current sampler: one whose every call's
+        level is known in advance, or streaming (``first``: an episode's first call, or a later one).
+        Expert routes are cached here when they apply."""
         sampler = self.sampler
-        if not (isinstance(sampler, Sampler) and sampler.fixed_levels):
+        stateful = isinstance(sampler, StreamingSampler)
+        if not (stateful or isinstance(sampler, Sampler) and sampler.fixed_levels):
             raise ConfigError(f"sampler {sampler.name!r} has no fixed plan (its levels depend on the call); a "
-                              f"planned prediction takes {sorted(SAMPLER_NAMES)}.")
+                              f"planned prediction takes {sorted(SAMPLER_NAMES)} or streaming.")
+        if stateful and first is None:
+            raise ConfigError("a streaming prediction is planned as an episode's first call or a later one: "
+                              "pass first=True or first=False.")
         if self.routes.applies(sampler):  # a traced prediction finds them built
             self.routes.ensure(sampler, self.process, self.device)
-        return PredictionPlan(batch, sampler.plan(self.process, self.codec.shape(batch), self.device),
-                              sampler.call_levels(self.process),
-                              bool(getattr(self.process, "interval_network", False)))
+        plan, calls = sampler.plan_calls(self.process, batch, self.horizon, self.device, first=bool(first),
+                                         layout=self.stream_layout if stateful else None)
+        to_tokens = lambda lv: self.codec.token_levels(torch.tensor([lv]))[0].tolist()  # noqa: E731
+        calls = [float(c) if isinstance(c, float) else to_tokens(c) for c in calls]
+        return PredictionPlan(batch, plan, calls, bool(getattr(self.process, "interval_network", False)),
+                              first if stateful else None)
 
     def _plan_for(self, batch: int) -> PredictionPlan:
         """The current sampler's plan at ``batch`` rows on this device, made once."""
@@ -367,10 +384,14 @@ class DenoisingPolicy(Policy):
         if plan is not None:
             if plan.batch != b:
                 raise ValueError(f"the plan is for batch {plan.batch}; the observation has {b} rows.")
-            cache = self.encode_obs(obs, levels=None if plan.interval else plan.call_levels, prefix_step=prefix_step)
-            cache.planned = True
+            if plan.first is not None and plan.first != (getattr(self.sampler, "buffer", None) is None):
+                raise ValueError(f"this plan is for {'the first' if plan.first else 'a later'} streaming call of an "
+                                 f"episode, but the sampler's buffer is {'warm' if plan.first else 'empty'} "
+                                 f"(policy.reset() starts an episode).")
+            cache = self.encode_obs(obs, levels=None if plan.interval else plan.level_values, prefix_step=prefix_step)
+            cache.uniform_levels = plan.uniform
             if not plan.interval:
-                cache.plan_calls(plan.call_levels)
+                self.dit.plan_calls(cache, plan.call_levels)
         else:  # a sampler whose levels depend on the call (streaming, truncated) or a non-Gaussian one
             fixed = self.sampler.fixed_levels and not getattr(self.process, "interval_network", False)
             levels = self.sampler.levels(self.process, self.device) if fixed else None

@@ -7,7 +7,9 @@
 
 The artifact is an AOTInductor package (``policy.pt2``): the whole prediction (normalization,
 observation encoding, every sampler step, unnormalization) compiled to native code for one batch
-size and one sampler, with the weights inside. It is native code, so it is trusted like a
+size and one sampler, with the weights inside. A streaming policy has a second package for an
+episode's first call (``first.pt2``); its buffer passes from call to call here, and ``reset()``
+empties it. It is native code, so it is trusted like a
 binary you built: load only artifacts you exported yourself. ``policy.json`` records what the
 package takes and returns and each file's sha256, which is checked here (integrity, not trust).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -26,6 +29,7 @@ FORMAT = "dp-artifact"
 VERSION = 1
 META = "policy.json"
 PACKAGE = "policy.pt2"
+FIRST_PACKAGE = "first.pt2"  # streaming: an episode's first call (from noise alone; policy.pt2 takes the buffer)
 
 
 def sha256(path: Path) -> str:
@@ -75,17 +79,23 @@ class ExportedPolicy:
                               f"them: export it again here.")
         self.device = torch.device(meta["device"])
         self._run = torch._inductor.aoti_load_package(str(self.path / PACKAGE))
+        state = meta.get("state")  # streaming: the buffer carried from call to call
+        self._first = torch._inductor.aoti_load_package(str(self.path / state["first_package"])) if state else None
+        self._state: torch.Tensor | None = None
         self.inputs = meta["inputs"]  # [{key, shape, dtype}], in the package's argument order
         self.n_obs_steps, self.n_action_steps = meta["n_obs_steps"], meta["n_action_steps"]
         self.horizon, self.action_dim = meta["horizon"], meta["action_dim"]
         self.config = {"sampler": meta["sampler"]}
+        self.sampler = SimpleNamespace(**meta["sampler"])  # what was compiled in (read by the loop's mode check)
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(seed)
         self._episode_noise: torch.Tensor | None = None
 
     def reset(self) -> None:
+        """A new episode: fresh noise (``initial_noise: episode``) and, for streaming, an empty buffer."""
         self._episode_noise = None
+        self._state = None
 
     def new_history(self) -> ObservationHistory:
         h = self.meta["history"]
@@ -118,4 +128,10 @@ class ExportedPolicy:
                 raise ConfigError(f"observation {key!r}: this artifact was exported for shape {spec['shape']} "
                                   f"(batch, steps, ...), got {list(x.shape)}; export it for this batch size.")
             args.append(x.to(self.device, getattr(torch, spec["dtype"])).contiguous())
-        return self._run(*args, self._noise())
+        if self._first is None:
+            return self._run(*args, self._noise())
+        if self._state is None:
+            actions, self._state = self._first(*args, self._noise())
+        else:
+            actions, self._state = self._run(*args, self._state, self._noise())
+        return actions
