@@ -178,6 +178,19 @@ def test_streaming_mode_selects_the_streaming_sampler_for_a_streaming_checkpoint
         control_checkpoint(str(tmp_path / "plain"), hz=50, max_ticks=20, mode="streaming")
 
 
+def test_streaming_starts_its_next_call_early_enough_to_be_ready(tmp_path):
+    """Every call takes 1.5 periods (a machine too slow for sync): started a few ticks early, as async
+    does, each chunk is ready when the last one ends."""
+    policy = tiny_policy(n_obs_steps=1)
+    policy.set_sampler("streaming", 2)
+    summary, rows, robot = run(tmp_path, policy=policy, mode="streaming", hz=20, max_ticks=120,
+                               stall={"every": 1, "seconds": 0.075})
+    check_log(summary, rows, robot)
+    assert summary["stalls_injected"] >= 10 and summary["deadline_misses"] == 0
+    ticks = [int(r["tick"]) for r in rows if r["inference_ms"]]
+    assert ticks, "no prediction finished inside the run"
+
+
 def test_the_loop_says_before_the_first_tick_when_its_mode_cannot_hold_the_rate(tmp_path, capsys):
     from dp.control.loop import rate_warning
 

@@ -19,8 +19,12 @@ so the watchdog can hold at the deadline while a prediction is still running. Mo
   chunking: the policy continues them), keeps them and appends the rest of the new chunk;
   policies without that keyword, and ``"ensemble"``, blend the overlap by temporal
   ensembling (ACT: the i-th oldest prediction of a tick weighs exp(-ensemble_k * i));
-- ``streaming``: like sync, for a policy whose sampler is ``streaming`` (a few denoising
-  passes per call, so each call fits in a tick).
+- ``streaming``: for a policy whose sampler is ``streaming`` (a few denoising passes per call). Each
+  call yields the buffer's next chunk, so it is started, like async's, as soon as the planned
+  actions left cover the expected latency plus ``lead_margin_ticks``, from the observation of that
+  tick, and its chunk is planned after the current one (chunk boundaries stay where the buffer has
+  them). Nothing is inpainted: the actions still to run lie before the new chunk, which continues
+  the buffer it was denoised in.
 
 Safety: an action leaves the loop only if every value is finite and inside the robot's limits.
 A prediction holding NaN or inf is a fault: it is discarded whole (none of its actions is
@@ -126,12 +130,12 @@ def check_policy_for_mode(policy, mode: str) -> None:
 
 def rate_warning(latency_s: float | None, cfg: LoopConfig, n_exec: int) -> str | None:
     """Before the first tick: whether the measured prediction time lets ``cfg.mode`` hold the rate.
-    sync and streaming wait for a prediction inside one tick; async must finish one while the
+    sync waits for a prediction inside one tick; async and streaming must finish one while the
     ``n_exec`` actions of the last one run (less the lead margin). None when it fits."""
     if latency_s is None:
         return None
     ms, period_ms = 1000 * latency_s, 1000 * cfg.period
-    if cfg.mode in ("sync", "streaming"):
+    if cfg.mode == "sync":
         budget = period_ms - cfg.send_margin_ms
         if ms > budget:
             return (f"mode={cfg.mode} at {cfg.hz:g} Hz: a prediction took {ms:.1f} ms in the warm-up, more than the "
@@ -140,7 +144,7 @@ def rate_warning(latency_s: float | None, cfg: LoopConfig, n_exec: int) -> str |
         return None
     budget = (n_exec - cfg.lead_margin_ticks) * period_ms
     if ms > budget:
-        return (f"mode=async at {cfg.hz:g} Hz: a prediction took {ms:.1f} ms in the warm-up, more than the {budget:.1f} "
+        return (f"mode={cfg.mode} at {cfg.hz:g} Hz: a prediction took {ms:.1f} ms in the warm-up, more than the {budget:.1f} "
                 f"ms that {n_exec} executed actions less {cfg.lead_margin_ticks} lead ticks leave for it, so the plan "
                 f"will run dry. Use fewer sampler steps, a lower rate, or an exported artifact (dp-export).")
     return None
@@ -266,7 +270,7 @@ class ActionQueue:
 @dataclass
 class _Job:
     future: Future
-    tick: int  # the tick whose observation it was started from = the tick of its first action
+    tick: int  # the tick of its first action (its observation's tick, except for streaming's early start)
     keep: int  # committed actions it continues
     obs_time: float  # perf_counter when its observation was taken
 
@@ -527,17 +531,23 @@ class ControlLoop:
             queue.drop_before(i)
 
             if job is None:
+                lead = math.ceil(max(latencies, default=0.0) * cfg.hz) + cfg.lead_margin_ticks
+                first_tick = i  # the tick the new chunk's first action is for
                 if cfg.mode == "async":
-                    lead = math.ceil(max(latencies, default=0.0) * cfg.hz) + cfg.lead_margin_ticks
                     launch = len(queue) <= lead
                     keep = min(len(queue), lead, n_exec - 1) if blend == "committed" else 0
+                elif cfg.mode == "streaming":
+                    # the buffer advances one chunk per call: the next chunk follows the plan, so start it
+                    # early enough to be ready, from this (a few ticks early) observation
+                    launch, keep = len(queue) <= lead, 0
+                    first_tick = i + len(queue)
                 else:
                     launch, keep = len(queue) == 0, 0
                 if launch:
                     # what will really be sent meanwhile: the plan, clipped
                     committed = np.clip(queue.head(keep), self.low, self.high) if keep else None
                     future = predictor.submit(history.batch(), committed, reset=new_episode)
-                    job, new_episode = _Job(future, i, keep, t_obs), False
+                    job, new_episode = _Job(future, first_tick, keep, t_obs), False
 
             if job is not None and not queue.has(i):
                 # nothing planned for this tick: wait for the prediction until just before the deadline
