@@ -109,11 +109,12 @@ class Sampler:
         return SamplingPlan(grid.unbind(0), moving, bool(moving.all()), ends.all(1).tolist(), ends.any(1).tolist(),
                             process.alpha_sigma(grid))
 
-    def plan_calls(self, process: GaussianProcess, batch: int, horizon: int, device=None, first: bool = True,
+    def plan_calls(self, process: GaussianProcess, batch: int, length: int, device=None, first: bool = True,
                    layout=None) -> tuple["SamplingPlan", list]:
-        """A whole prediction planned for ``batch`` rows of ``horizon`` actions: (the plan, each network
-        call's level, a float here). ``first`` and ``layout`` matter to streaming only."""
-        return self.plan(process, (batch, horizon), device), self.call_levels(process)
+        """A whole prediction planned for ``batch`` targets of ``length`` elements (actions, or frames and
+        actions): (the plan, each network call's level, a float here). ``first`` and ``layout`` matter to
+        streaming only."""
+        return self.plan(process, (batch, length), device), self.call_levels(process)
 
     def sample(self, denoise: Denoise, process: GaussianProcess, x: torch.Tensor,
                levels: torch.Tensor | None = None, generator: torch.Generator | None = None,

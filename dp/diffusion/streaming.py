@@ -181,7 +181,7 @@ class StreamingSampler:
             self.levels = plan.passes.rows[-1]
         return self.buffer
 
-    def plan_calls(self, process: GaussianProcess, batch: int, horizon: int, device=None, first: bool = True,
+    def plan_calls(self, process: GaussianProcess, batch: int, length: int, device=None, first: bool = True,
                    layout: StreamLayout | None = None) -> tuple["StreamingPlan", list[list[float]]]:
         """(the plan, per network call each action's level [H]) for an episode's first call or a later one."""
         plan = self.plan(process, layout, batch, device)

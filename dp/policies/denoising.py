@@ -353,8 +353,9 @@ class DenoisingPolicy(Policy):
                               "pass first=True or first=False.")
         if self.routes.applies(sampler):  # a traced prediction finds them built
             self.routes.ensure(sampler, self.process, self.device)
-        plan, calls = sampler.plan_calls(self.process, batch, self.horizon, self.device, first=bool(first),
-                                         layout=self.stream_layout if stateful else None)
+        # the target's length: the action horizon, or more (PAD's frames and actions in one target)
+        plan, calls = sampler.plan_calls(self.process, batch, self.codec.shape(batch)[1], self.device,
+                                         first=bool(first), layout=self.stream_layout if stateful else None)
         to_tokens = lambda lv: self.codec.token_levels(torch.tensor([lv]))[0].tolist()  # noqa: E731
         calls = [float(c) if isinstance(c, float) else to_tokens(c) for c in calls]
         return PredictionPlan(batch, plan, calls, bool(getattr(self.process, "interval_network", False)),
