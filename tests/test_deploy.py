@@ -239,6 +239,32 @@ def test_the_graphed_prediction_rebuilds_on_weight_and_sampler_changes():
         graphed(torch.randn(2, policy.n_obs_steps, 4), noise)
 
 
+def test_the_graphed_streaming_prediction_keeps_its_buffer_in_static_memory():
+    from dp.deploy.graphed import GraphedPrediction
+
+    policy = tiny(n_obs_steps=1, streaming={"train_fraction": 0.8})
+    policy.set_sampler("streaming", 4)
+    graphed = GraphedPrediction(policy)
+    states = [torch.randn(1, 1, 4) for _ in range(4)]
+    noises = [policy.prior_sample(1) for _ in range(4)]
+    with torch.inference_mode():
+        policy.reset()
+        want = []
+        for i, (s, n) in enumerate(zip(states, noises)):
+            if i == 2:
+                policy.reset()
+            want.append(policy.normalizer.unnormalize("action", policy.codec.output(
+                policy.sample_target(policy.normalize_obs({"state": s}), noise=n))))
+    state_memory = None
+    for i, (s, n) in enumerate(zip(states, noises)):
+        if i == 2:
+            graphed.reset()
+        assert torch.equal(graphed(s, n), want[i])
+        state_memory = state_memory or graphed.state.data_ptr()
+        assert graphed.state.data_ptr() == state_memory  # the same static buffer every call
+    assert graphed.builds == 1
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("options", [{}, MOE], ids=["dit", "mode"])
 def test_the_cuda_graph_equals_eager(options):
@@ -253,6 +279,23 @@ def test_the_cuda_graph_equals_eager(options):
         want = PlannedPrediction(policy)(state, noise)
     got = graphed(state, noise)
     assert graphed.captured and (got - want).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_the_cuda_graph_streams_like_eager():
+    from dp.deploy.graphed import GraphedPrediction
+
+    policy = tiny(n_obs_steps=1, streaming={"train_fraction": 0.8}).cuda()
+    policy.set_sampler("streaming", 4)
+    graphed = GraphedPrediction(policy)
+    states = [torch.randn(1, 1, 4, device="cuda") for _ in range(3)]
+    noises = [policy.prior_sample(1) for _ in range(3)]
+    with torch.inference_mode():
+        policy.reset()
+        for s, n in zip(states, noises):
+            want = policy.normalizer.unnormalize("action", policy.codec.output(
+                policy.sample_target(policy.normalize_obs({"state": s}), noise=n)))
+            assert (graphed(s, n) - want).abs().max() <= 1e-5
 
 
 def test_a_streaming_artifact_carries_its_buffer_between_calls(tmp_path):

@@ -247,8 +247,12 @@ def run(against: str | None = None, rounds: int = ROUNDS, calls: int = CALLS, de
             graphed = GraphedPrediction(policy, batch)
             obs_b = {"state": torch.randn(batch, policy.n_obs_steps, 39)}
             graphed.predict_action(obs_b)
-            rows.append({"path": f"CUDA graph, batch {batch}", **_measure_obs(graphed, obs_b, calls, device)})
-        rows.append({"path": "eager planned, batch 64",
+            rows.append({"path": f"CUDA graph, batch {batch}", "other_case": batch != 1,
+                         **_measure_obs(graphed, obs_b, calls, device)})
+        graphed = GraphedPrediction(streaming)
+        rows.append({"path": "streaming-2 CUDA graph, batch 1", "other_case": True,
+                     **_measure_obs(graphed, {"state": torch.randn(1, 1, 39)}, calls, device)})
+        rows.append({"path": "eager planned, batch 64", "other_case": True,
                      **_measure_obs(policy, {"state": torch.randn(64, policy.n_obs_steps, 39)}, calls, device)})
 
     # interleaved, a fresh process each: this checkout, its artifact, the other checkout
