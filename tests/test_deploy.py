@@ -52,11 +52,12 @@ def test_planned_prediction_equals_the_eager_one(label, options, sampler):
     planned = PlannedPrediction(policy, batch=3)
     state = torch.randn(3, policy.n_obs_steps, 4)
     with torch.inference_mode():
-        # eager: the pre-plan path (a plan is made per call in predict_action; force the unplanned one)
+        # eager: the grid read as the sampler runs (predict_action plans by default; switch that off)
         policy.generator = torch.Generator().manual_seed(1)
-        normalized = policy.normalize_obs({"state": state})
         noise = policy.prior_sample(3)
-        eager = _unplanned(policy, normalized, noise)
+        policy.planning = False
+        eager = policy.sample_target(policy.normalize_obs({"state": state}), noise=noise)
+        policy.planning = True
         policy.generator = torch.Generator().manual_seed(1)
         noise_again = policy.prior_sample(3)
         got = planned(state, noise_again)
@@ -64,21 +65,6 @@ def test_planned_prediction_equals_the_eager_one(label, options, sampler):
     want = policy.normalizer.unnormalize("action", policy.codec.output(eager))
     assert got.shape == (3, 8, 2)
     assert torch.equal(got, want), f"{label}: planned differs from eager by {(got - want).abs().max():.3g}"
-
-
-def _unplanned(policy, normalized, noise):
-    """The sampler run without a plan (its grid read on the host as before), same noise."""
-    from dp.policies.denoising import SampleContext
-
-    cached = policy.routes.applies(policy.sampler)
-    if cached:
-        policy.routes.ensure(policy.sampler, policy.process, policy.device)
-    fixed = not getattr(policy.process, "interval_network", False)
-    levels = policy.sampler.levels(policy.process) if fixed else None
-    cache = policy.encode_obs(normalized, levels=levels, prefix_step=-1 if cached else None)
-    ctx = SampleContext(policy, policy.denoiser(cache, None, cached), noise.shape[0], normalized, cache, None,
-                        noise=noise)
-    return policy.sampler.generate(ctx)
 
 
 @pytest.mark.parametrize("options", [{}, MOE], ids=["dit", "mode"])
