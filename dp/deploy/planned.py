@@ -25,7 +25,8 @@ from dp.errors import ConfigError
 
 class PlannedPrediction(nn.Module):
     """forward(*obs, noise): obs tensors [B, T, ...] in ``keys`` order (normalization included),
-    noise [B, H, A] -> actions [B, H, A] in env units."""
+    noise [B, H, A] -> actions [B, H, A] in env units. A streaming policy's takes and returns its
+    buffer too (see ``forward``); ``first`` says which kind of call it plans."""
 
     def __init__(self, policy, batch: int = 1, first: bool | None = None):
         super().__init__()
