@@ -20,7 +20,6 @@ built by ``dp.policies.registry.load_policy`` (registered classes and plain data
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 import dp
 from dp.data.atomic import fsync_dir, fsync_tree, remove_stale_tmp
+from dp.runtime.artifact import sha256
 from dp.errors import UserError
 
 # 1: first; 2: meta.json lists every file's size and sha256; 3: policies are compositions (codec.*,
@@ -48,14 +48,6 @@ class CheckpointError(UserError, RuntimeError):
 
 def _tensors(state_dict: dict) -> dict:
     return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, scheduler, config: dict,
@@ -75,7 +67,7 @@ def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, schedu
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                     **train_state}, tmp / "train_state.pt")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(tmp.iterdir())}
         (tmp / "meta.json").write_text(json.dumps({"step": step, "dp_version": dp.__version__,
                                                    "format": FORMAT_VERSION, "files": files}))
         fsync_tree(tmp)
@@ -127,7 +119,7 @@ def problems_of(ckpt: Path, checksums: bool = True) -> list[str]:
             problems.append(f"{name} is missing")
         elif path.stat().st_size != want.get("bytes"):
             problems.append(f"{name} has {path.stat().st_size} bytes, meta.json says {want.get('bytes')}")
-        elif checksums and _sha256(path) != want.get("sha256"):
+        elif checksums and sha256(path) != want.get("sha256"):
             problems.append(f"{name} does not match its sha256 in meta.json")
     for name in ("weights.safetensors", "ema.safetensors"):
         if (ckpt / name).exists() and not any(p.startswith(name) for p in problems):

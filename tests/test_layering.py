@@ -14,7 +14,7 @@ ALLOWED = {
     "dp.data": set(),
     "dp.runtime": set(),
     "envs": set(),
-    "dp.checkpoint": {"dp.data"},
+    "dp.checkpoint": {"dp.data", "dp.runtime"},
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
     "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint", "dp.runtime"},

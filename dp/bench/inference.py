@@ -187,21 +187,6 @@ class CompiledPrediction:
             return self.run(*[obs[k].to(device) for k in self.planned.keys], self.policy.prior_sample(self.batch))
 
 
-def _measure_obs(predictor, obs: dict, calls: int, device: str) -> dict:
-    """Median and p99 ms of ``predictor.predict_action(obs)`` (after a warm-up)."""
-    with torch.inference_mode():
-        for _ in range(10):
-            predictor.predict_action(obs)
-        samples = []
-        for _ in range(calls):
-            t0 = time.perf_counter()
-            predictor.predict_action(obs)
-            sync(device)
-            samples.append(time.perf_counter() - t0)
-    ms = np.asarray(samples) * 1000
-    return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99))}
-
-
 def _subprocess_median(code: str, root: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
@@ -248,12 +233,12 @@ def run(against: str | None = None, rounds: int = ROUNDS, calls: int = CALLS, de
             obs_b = {"state": torch.randn(batch, policy.n_obs_steps, 39)}
             graphed.predict_action(obs_b)
             rows.append({"path": f"CUDA graph, batch {batch}", "other_case": batch != 1,
-                         **_measure_obs(graphed, obs_b, calls, device)})
+                         **measure(graphed, calls, device=device, obs=obs_b)})
         graphed = GraphedPrediction(streaming)
         rows.append({"path": "streaming-2 CUDA graph, batch 1", "other_case": True,
-                     **_measure_obs(graphed, {"state": torch.randn(1, 1, 39)}, calls, device)})
+                     **measure(graphed, calls, device=device, obs={"state": torch.randn(1, 1, 39)})})
         rows.append({"path": "eager planned, batch 64", "other_case": True,
-                     **_measure_obs(policy, {"state": torch.randn(64, policy.n_obs_steps, 39)}, calls, device)})
+                     **measure(policy, calls, device=device, obs={"state": torch.randn(64, policy.n_obs_steps, 39)})})
 
     # interleaved, a fresh process each: this checkout, its artifact, the other checkout
     sampler, steps = SAMPLER

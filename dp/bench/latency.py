@@ -47,17 +47,20 @@ def _policy(name: str, overrides: dict):
     return policy.eval()
 
 
-def measure(policy, calls: int = 200, warmup: int = 10, device: str = "cpu") -> dict:
-    """Wall time of predict_action on one observation (CPU tensors in, as a control loop has them)."""
-    obs = {"state": torch.randn(1, policy.n_obs_steps, 39)}
-    for _ in range(warmup):
-        policy.predict_action(obs)
-    samples = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        policy.predict_action(obs)
-        sync(device)
-        samples.append(time.perf_counter() - t0)
+def measure(predictor, calls: int = 200, warmup: int = 10, device: str = "cpu", obs: dict | None = None) -> dict:
+    """Wall time of ``predictor.predict_action(obs)`` (a policy, an artifact, a graphed prediction), CPU
+    tensors in as a control loop has them. obs defaults to one state observation (1, n_obs_steps, 39)."""
+    if obs is None:
+        obs = {"state": torch.randn(1, predictor.n_obs_steps, 39)}
+    with torch.inference_mode():
+        for _ in range(warmup):
+            predictor.predict_action(obs)
+        samples = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            predictor.predict_action(obs)
+            sync(device)
+            samples.append(time.perf_counter() - t0)
     ms = np.asarray(samples) * 1000
     return {"median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)), "calls": calls}
 
