@@ -112,14 +112,61 @@ def test_samplers_without_a_fixed_plan_are_refused_clearly():
     policy.set_sampler("streaming", 2)
     with pytest.raises(ConfigError, match="first=True or first=False"):
         policy.plan_prediction(1)
-    truncated = tiny(process={"prediction": "x0"}, anchors={"count": 4})
-    truncated.set_sampler("truncated", 2)
-    with pytest.raises(ConfigError, match="no fixed plan"):
-        PlannedPrediction(truncated)
+    from dp.policies.ddvla import DDVLAPolicy
+
+    masked = DDVLAPolicy(SHAPE_META, horizon=4, n_action_steps=2, dim=32, depth=1, heads=2, bins=8)
+    with pytest.raises(ConfigError, match="no fixed plan"):  # its decoding order depends on the confidences
+        PlannedPrediction(masked)
     language = DiTPolicy({**SHAPE_META, "instructions": ["push the block"]}, horizon=8, n_action_steps=4, dim=32,
                          depth=1, heads=2, language={"encoder": "builtin", "layers": 1})
     with pytest.raises(ConfigError, match="instruction"):
         PlannedPrediction(language)
+
+
+def truncated_policy(fallback_score: float, **kw) -> DiTPolicy:
+    policy = tiny(process={"prediction": "x0"}, anchors={"count": 4}, **kw)
+    with torch.no_grad():
+        policy.plugins["anchors"].anchors.copy_(torch.randn(4, 8, 2))
+    policy.set_sampler("truncated", 2, fallback_score=fallback_score, fallback_steps=3)
+    return policy
+
+
+def test_planned_truncated_sampling_equals_the_eager_anchored_path():
+    """The anchored path planned (noise for every anchor of every row as input), traced without host reads."""
+    policy = truncated_policy(fallback_score=0.0)  # no row falls back
+    planned = PlannedPrediction(policy, batch=3)
+    assert planned.noise_shape == (12, 8, 2)
+    state, noise = torch.randn(3, policy.n_obs_steps, 4), torch.randn(12, 8, 2)
+    with torch.inference_mode():
+        eager = policy.sample_target(policy.normalize_obs({"state": state}), noise=noise)
+        got, score = planned(state, noise)
+    assert torch.equal(got, policy.normalizer.unnormalize("action", eager))
+    assert score.shape == (3,) and bool(((score > 0) & (score < 1)).all())
+    program = torch.export.export(planned, (state, noise))
+    with torch.inference_mode():
+        assert torch.equal(program.module()(state, noise)[0], got)
+    with pytest.raises(ValueError, match="every anchor of every row"):
+        policy.sample_target(policy.normalize_obs({"state": state}), noise=torch.randn(3, 8, 2))
+
+
+def test_graphed_truncated_sampling_falls_back_for_rows_outside_the_anchors():
+    from dp.deploy.graphed import GraphedPrediction
+
+    policy = truncated_policy(fallback_score=1.0)  # every row scores below 1: every row is sampled in full
+    state, noise = torch.randn(2, policy.n_obs_steps, 4), torch.randn(8, 8, 2)
+    with torch.inference_mode():
+        policy.generator = torch.Generator().manual_seed(3)
+        want = policy.normalizer.unnormalize("action", policy.sample_target(policy.normalize_obs({"state": state}),
+                                                                            noise=noise))
+        policy.generator = torch.Generator().manual_seed(3)
+        full = policy.prior_sample(2)
+    graphed = GraphedPrediction(policy, batch=2)
+    got = graphed(state, noise, fallback_noise=full)
+    assert graphed.fallbacks == 2 and (got - want).abs().max() <= 1e-5
+    policy.sampler.fallback_score = 0.0
+    with torch.inference_mode():
+        anchored = PlannedPrediction(policy, batch=2)(state, noise)[0]
+    assert torch.equal(graphed(state, noise), anchored) and graphed.fallbacks == 2
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +357,24 @@ def test_a_streaming_artifact_carries_its_buffer_between_calls(tmp_path):
     summary = control_checkpoint(artifact=str(out), hz=50, max_ticks=30, mode="streaming", torch_threads=1,
                                  max_consecutive_misses=0, max_steps=10, output_dir=str(tmp_path / "control"))
     assert summary["ticks"] == 30 and summary["sampler"]["name"] == "streaming"
+
+
+def test_a_truncated_artifact_runs_its_fallback_program_for_unsure_rows(tmp_path):
+    """Two programs (the anchored path, the full sample); the loader reads the scores and falls back per row."""
+    policy = truncated_policy(fallback_score=0.0, depth=1)  # one block: a quicker compile
+    out = tmp_path / "artifact"
+    meta = export_policy(policy, out, batch=2, progress=lambda *_: None)
+    assert set(meta["files"]) == {"policy.pt2", "fallback.pt2"} and meta["noise"]["shape"] == [8, 8, 2]
+    state = torch.randn(2, policy.n_obs_steps, 4)
+    for threshold, fell_back in ((0.0, 0), (1.0, 2)):
+        exported = ExportedPolicy(out, seed=5)
+        exported.fallback["score"] = threshold
+        policy.sampler.fallback_score = threshold
+        draws = torch.Generator().manual_seed(5)
+        noise = torch.randn(8, 8, 2, generator=draws)
+        policy.generator = draws  # the fallback's noise is the loader's next draw
+        with torch.inference_mode():
+            want = policy.normalizer.unnormalize("action", policy.sample_target(
+                policy.normalize_obs({"state": state}), noise=noise))
+        assert (exported.predict_action({"state": state}) - want).abs().max() <= EXPORT_TOLERANCE
+        assert exported.fallbacks == fell_back

@@ -96,10 +96,21 @@ class ConditionCache:
     cross_masks: list[torch.Tensor | None] = field(default_factory=list)
 
     def repeat(self, n: int) -> "ConditionCache":
-        """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples)."""
+        """The cache for a batch repeated ``n`` times along dim 0 (e.g. for several samples), with its
+        prepared level terms and a plan's call terms (terms shared by every row, [1, ...], stay as they are)."""
         rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
         kv = lambda p: None if p is None else (rep(p[0]), rep(p[1]))  # noqa: E731
+        rows = None if self.context is None else self.context.shape[0]
+
+        def terms(x):  # the nested tuples/lists of level terms
+            if isinstance(x, (tuple, list)):
+                return type(x)(terms(t) for t in x)
+            return x if x is None or x.shape[0] != rows else rep(x)
+
         return ConditionCache([kv(p) for p in self.prefix_kv], [kv(p) for p in self.cross_kv], rep(self.context),
+                              level_terms={v: terms(t) for v, t in self.level_terms.items()},
+                              uniform_levels=self.uniform_levels,
+                              call_terms=None if self.call_terms is None else terms(self.call_terms),
                               prefix_mask=rep(self.prefix_mask), cross_masks=[rep(m) for m in self.cross_masks])
 
     def self_mask(self, n: int) -> torch.Tensor | None:

@@ -20,7 +20,7 @@ import torch
 
 from dp.deploy.planned import PlannedPrediction
 from dp.errors import ConfigError
-from dp.runtime.artifact import FIRST_PACKAGE, FORMAT, META, PACKAGE, VERSION, sha256
+from dp.runtime.artifact import FALLBACK_PACKAGE, FIRST_PACKAGE, FORMAT, META, PACKAGE, VERSION, sha256
 
 EXPORT_TOLERANCE = 1e-4  # max |artifact - eager| in env units, fp32
 # freezing: the weights are constants of the package, so what depends on them alone (the level terms of
@@ -43,7 +43,7 @@ def example_inputs(planned: PlannedPrediction, generator: torch.Generator | None
             out.append(torch.randn(shape, generator=generator))
     if planned.stateful and not planned.first:
         out.append(torch.randn(planned.state_shape, generator=generator))
-    out.append(policy.process.prior(planned.noise_shape, generator=generator))
+    out.append(planned.noise_scale * torch.randn(planned.noise_shape, generator=generator))
     return [x.to(policy.device) for x in out]
 
 
@@ -56,7 +56,7 @@ def _compile(planned: PlannedPrediction, path: Path, progress) -> float:
     progress(f"traced {path.name} ({len(program.graph.nodes)} graph nodes); compiling with AOTInductor ...")
     torch._inductor.aoti_compile_and_package(program, package_path=str(path), inductor_configs=INDUCTOR_CONFIGS)
     got = torch._inductor.aoti_load_package(str(path))(*inputs)
-    if planned.stateful:
+    if isinstance(expected, tuple):  # (actions, buffer) or (actions, score)
         return max(float((g - e).abs().max()) for g, e in zip(got, expected))
     return float((got - expected).abs().max())
 
@@ -72,6 +72,8 @@ def export_policy(policy, output: str | Path, batch: int = 1, info: dict | None 
     if stateful:  # an episode's first call starts from noise alone: its own program
         programs[FIRST_PACKAGE] = PlannedPrediction(policy, batch, first=True)
     planned = programs[PACKAGE]
+    if planned.truncated:  # the full sample for rows outside every anchor's support: its own program
+        programs[FALLBACK_PACKAGE] = PlannedPrediction(policy, batch, sampler=policy.sampler.fallback)
     out = Path(output)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -89,7 +91,10 @@ def export_policy(policy, output: str | Path, batch: int = 1, info: dict | None 
             "inputs": [{"key": k, "shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
                        for k, x in zip(planned.keys, example_inputs(planned))],
             "state": {"shape": list(planned.state_shape), "first_package": FIRST_PACKAGE} if stateful else None,
-            "noise": {"shape": list(planned.noise_shape), "scale": policy.process.prior_scale()},
+            "noise": {"shape": list(planned.noise_shape), "scale": planned.noise_scale},
+            "fallback": {"package": FALLBACK_PACKAGE, "score": policy.sampler.fallback_score,
+                         "noise": {"shape": list(programs[FALLBACK_PACKAGE].noise_shape),
+                                   "scale": programs[FALLBACK_PACKAGE].noise_scale}} if planned.truncated else None,
             "initial_noise": policy.initial_noise,
             "n_obs_steps": policy.n_obs_steps, "n_action_steps": policy.n_action_steps,
             "horizon": policy.horizon, "action_dim": policy.action_dim, "executed_start": policy.n_obs_steps - 1,

@@ -10,7 +10,8 @@ them, replays and returns a copy of the static output. A streaming policy has tw
 episode's first call, later calls) and keeps its buffer in static memory between them. The
 graphs are captured again when the sampler changes or any weight is replaced or updated in place
 (``weights_key``), since a capture also freezes what was computed outside it (cached expert
-routes). On a CPU there is no graph: the same static-buffer path runs the planned prediction
+routes). Truncated sampling has two programs too, the anchored path and the full sample that rows
+outside every anchor's support fall back to (replayed only when a row needs it). On a CPU there is no graph: the same static-buffer path runs the planned prediction
 directly (the logic is the same; ``captured`` says which ran).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from dp.core.weights import weights_key
 from dp.deploy.export import example_inputs
 from dp.deploy.planned import PlannedPrediction
+from dp.runtime.fallback import with_fallback
 
 WARMUP = 3  # eager runs on a side stream before capture (allocator and kernel selection settle)
 
@@ -69,6 +71,7 @@ class GraphedPrediction:
         self._key = None
         self.state: torch.Tensor | None = None  # streaming: the buffer, in static memory
         self.warm = False  # streaming: the buffer holds this episode's state
+        self.fallbacks = 0  # truncated: rows sampled in full
 
     @property
     def captured(self) -> bool:
@@ -89,6 +92,9 @@ class GraphedPrediction:
         else:
             self.first = self.later = _Program(PlannedPrediction(self.policy, self.batch), self.captured)
             self.state = None
+        sampler = self.policy.sampler
+        self.fallback = _Program(PlannedPrediction(self.policy, self.batch, sampler=sampler.fallback), self.captured) \
+            if self.later.planned.truncated else None
         self.warm = False
         self._key = self._current()
         self.builds += 1
@@ -97,10 +103,20 @@ class GraphedPrediction:
         """A new episode: a streaming buffer starts again from noise."""
         self.warm = False
 
-    def __call__(self, *tensors: torch.Tensor) -> torch.Tensor:
-        """obs tensors in ``keys`` order, then the starting noise -> actions [B, H, A] (a copy)."""
+    def __call__(self, *tensors: torch.Tensor, fallback_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """obs tensors in ``keys`` order, then the starting noise -> actions [B, H, A] (a copy).
+        Truncated: the anchors' noise, and ``fallback_noise`` [B, H, A] for rows sampled in full
+        (default: ``policy.prior_sample``)."""
         if self._key != self._current():
             self._build()
+        if self.fallback is not None:
+            *obs, _ = tensors
+            actions, score = self.later.run(list(tensors))
+            full = lambda: self.fallback.run([*obs, self.policy.prior_sample(self.batch) if fallback_noise is None  # noqa: E731
+                                             else fallback_noise])
+            actions, n = with_fallback(actions, score, self.policy.sampler.fallback_score, full)
+            self.fallbacks += n
+            return actions.clone()
         if not self.stateful:
             return self.later.run(list(tensors)).clone()
         *obs, noise = tensors
@@ -119,4 +135,7 @@ class GraphedPrediction:
             self._build()
         device = self.policy.device
         tensors = [torch.as_tensor(obs[k]).to(device) for k in self.later.planned.keys]
-        return self(*tensors, self.policy.prior_sample(self.batch))
+        planned = self.later.planned
+        noise = planned.noise_scale * torch.randn(planned.noise_shape, device=device, generator=self.policy.generator) \
+            if planned.truncated else self.policy.prior_sample(self.batch)
+        return self(*tensors, noise)

@@ -56,6 +56,7 @@ class Sampler:
     calls_per_step = 1
     process_kinds = ("gaussian",)
     fixed_levels = True
+    plannable = True  # a prediction can be planned before it runs (``DenoisingPolicy.plan_prediction``)
 
     def __init__(self, steps: int = 10):
         if steps < 1:
@@ -78,17 +79,17 @@ class Sampler:
     def levels(self, process: GaussianProcess, device=None) -> torch.Tensor:
         return process.sampling_levels(self.steps, device)
 
-    def call_levels(self, process: GaussianProcess) -> list[float]:
-        """The level of each network call of one ``sample``, in call order (for a one-level
-        grid). Found by running the sampler on a stand-in denoiser, so it holds for every
-        sampler, including those that call the network twice per step."""
+    def call_levels(self, process: GaussianProcess, levels: torch.Tensor | None = None) -> list[float]:
+        """The level of each network call of one ``sample`` (over ``levels`` [S + 1], default this
+        sampler's grid), in call order. Found by running the sampler on a stand-in denoiser, so it
+        holds for every sampler, including those that call the network twice per step."""
         seen: list[float] = []
 
         def record(x_t: torch.Tensor, t: torch.Tensor, *_) -> torch.Tensor:
             seen.append(float(t.reshape(-1)[0]))
             return torch.zeros_like(x_t)
 
-        self.sample(record, process, torch.zeros(1, 1, 1))
+        self.sample(record, process, torch.zeros(1, 1, 1), levels=levels)
         return seen
 
     def plan(self, process: GaussianProcess, x_shape, device=None, levels: torch.Tensor | None = None) -> "SamplingPlan":

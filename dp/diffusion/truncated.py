@@ -78,6 +78,9 @@ class TruncatedSampler:
     name = "truncated"
     process_kinds = ("gaussian",)
     fixed_levels = False  # anchors and fallback rows run at different levels
+    # planned (dp/deploy): the anchored path is one plan over batch x anchors rows; the fallback, whose rows
+    # are known only after the scores, is a second plan that the caller runs when a row needs it
+    plannable = True
 
     def __init__(self, steps: int = 2, level: float = 0.008, fallback_score: float = 0.05,
                  fallback: str = "ddim", fallback_steps: int = 10):
@@ -92,10 +95,12 @@ class TruncatedSampler:
         self.fallback = gaussian_sampler(fallback, fallback_steps)
         self.fallbacks = 0  # rows sampled in full since construction (reported by evaluations)
         self.rows = 0
+        self.anchor_count = 0  # the policy's anchors (set by ``check``): planned rows per observation
 
     def check(self, policy) -> None:
         if "anchors" not in getattr(policy, "plugins", {}):
             raise ConfigError("sampler 'truncated' needs a policy trained with anchors (policy.anchors.count > 0).")
+        self.anchor_count = int(policy.plugins["anchors"].anchors.shape[0])
 
     def reset(self) -> None:
         """Nothing per episode (the fallback counters run for the sampler's life)."""
@@ -106,3 +111,11 @@ class TruncatedSampler:
     def levels(self, device=None) -> torch.Tensor:
         """[steps + 1] from ``level`` down to 0."""
         return torch.linspace(self.level, 0.0, self.steps + 1, device=device)
+
+    def plan_calls(self, process, batch: int, length: int, device=None, first: bool = True,
+                   layout=None) -> tuple:
+        """The anchored path planned: every anchor for each of ``batch`` observations (``batch`` x
+        ``anchor_count`` rows of ``length``), ``steps`` DDIM calls from ``level``. -> (plan, call levels)."""
+        grid = self.levels(device)
+        rows = batch * self.anchor_count
+        return self.base.plan(process, (rows, length), device, levels=grid), self.base.call_levels(process, grid)

@@ -8,6 +8,8 @@ tokens. It adds its training terms to the loss (``training_terms``) and samples 
 """
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -75,23 +77,35 @@ class AnchorPlugin(nn.Module):
     def sample(self, ctx, sampler) -> torch.Tensor:
         """Every anchor noised to ``sampler.level``, ``sampler.steps`` DDIM steps on all of them in
         one batch, the best-scoring chunk per row; rows whose best score is below
-        ``sampler.fallback_score`` are sampled in full instead. -> normalized [B, H, A]."""
+        ``sampler.fallback_score`` are sampled in full instead. -> normalized [B, H, A].
+
+        ``ctx.noise``: the anchors' noise [B * K, H, A] (default: drawn here). Planned (``ctx.plan``,
+        dp/deploy), nothing is read on the host: the best score per row is left in
+        ``sampler.best_score`` [B] (logits) and the caller runs the fallback for the rows that need it."""
         policy, b, k = ctx.policy, ctx.batch, self.anchors.shape[0]
         cache_k = ctx.cache.repeat(k)
         start = self.anchors.repeat(b, 1, 1)
         grid = sampler.levels(start.device)
-        noise = torch.randn(start.shape, device=start.device, generator=ctx.generator)
+        noise = ctx.noise if ctx.noise is not None else torch.randn(start.shape, device=start.device,
+                                                                      generator=ctx.generator)
+        if noise.shape != start.shape:
+            raise ValueError(f"truncated sampling takes noise for every anchor of every row, {tuple(start.shape)} "
+                             f"(batch x {k} anchors, horizon, action); got {tuple(noise.shape)}.")
         x = policy.process.add_noise(start, noise, grid[0].expand(b * k, policy.horizon))
         known, known_k = ctx.known, None if ctx.known is None else (ctx.known[0], ctx.known[1].repeat_interleave(k, 0))
-        scores = {}
+        scores, calls = {}, itertools.count()
 
         def denoise(x_t, level):
+            cache_k.call = next(calls)  # a planned cache looks its level terms up by call
             pred, scores["last"] = self.scored(policy, x_t, level, cache_k)
             return inpaint(policy.process.to_x0(pred.float(), x_t, level), known_k)
 
-        x0 = sampler.base.sample(denoise, policy.process, x, levels=grid, generator=ctx.generator)
+        x0 = sampler.base.sample(denoise, policy.process, x, levels=grid, generator=ctx.generator, plan=ctx.plan)
         score = scores["last"].float().view(b, k)
         out = x0.view(b, k, policy.horizon, -1)[torch.arange(b, device=x0.device), score.argmax(1)]
+        if ctx.plan is not None:
+            sampler.best_score = score.max(1).values
+            return out
         unsure = score.max(1).values.sigmoid() < sampler.fallback_score  # outside every anchor's support
         sampler.rows += b
         if bool(unsure.any()):

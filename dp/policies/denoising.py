@@ -345,9 +345,9 @@ class DenoisingPolicy(Policy):
         Expert routes are cached here when they apply."""
         sampler = self.sampler
         stateful = isinstance(sampler, StreamingSampler)
-        if not (stateful or isinstance(sampler, Sampler) and sampler.fixed_levels):
+        if not (stateful or getattr(sampler, "plannable", False)):
             raise ConfigError(f"sampler {sampler.name!r} has no fixed plan (its levels depend on the call); a "
-                              f"planned prediction takes {sorted(SAMPLER_NAMES)} or streaming.")
+                              f"planned prediction takes {sorted(SAMPLER_NAMES)}, streaming or truncated.")
         if stateful and first is None:
             raise ConfigError("a streaming prediction is planned as an episode's first call or a later one: "
                               "pass first=True or first=False.")

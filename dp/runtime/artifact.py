@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import torch
 
 from dp.errors import ConfigError
+from dp.runtime.fallback import with_fallback
 from dp.runtime.history import ObservationHistory
 
 FORMAT = "dp-artifact"
@@ -30,6 +31,7 @@ VERSION = 1
 META = "policy.json"
 PACKAGE = "policy.pt2"
 FIRST_PACKAGE = "first.pt2"  # streaming: an episode's first call (from noise alone; policy.pt2 takes the buffer)
+FALLBACK_PACKAGE = "fallback.pt2"  # truncated: the full sample for rows whose best anchor scored low
 
 
 def sha256(path: Path) -> str:
@@ -81,6 +83,10 @@ class ExportedPolicy:
         self._run = torch._inductor.aoti_load_package(str(self.path / PACKAGE))
         state = meta.get("state")  # streaming: the buffer carried from call to call
         self._first = torch._inductor.aoti_load_package(str(self.path / state["first_package"])) if state else None
+        self.fallback = meta.get("fallback")  # truncated: the full sample's program, run for rows that need it
+        self._fallback = torch._inductor.aoti_load_package(str(self.path / self.fallback["package"])) \
+            if self.fallback else None
+        self.fallbacks = 0  # rows sampled in full since loading
         self._state: torch.Tensor | None = None
         self.inputs = meta["inputs"]  # [{key, shape, dtype}], in the package's argument order
         self.n_obs_steps, self.n_action_steps = meta["n_obs_steps"], meta["n_action_steps"]
@@ -106,11 +112,16 @@ class ExportedPolicy:
         start = self.meta["executed_start"]
         return chunk[:, start:start + self.n_action_steps]
 
+    def _draw(self, noise: dict) -> torch.Tensor:
+        return noise["scale"] * torch.randn(noise["shape"], generator=self.generator, device=self.device)
+
     def _noise(self) -> torch.Tensor:
         noise = self.meta["noise"]
+        if self.fallback:  # anchors' noise: fresh every call, as the eager sampler draws it
+            return self._draw(noise)
         if self.meta["initial_noise"] == "episode" and self._episode_noise is not None:
             return self._episode_noise.clone()
-        x = noise["scale"] * torch.randn(noise["shape"], generator=self.generator, device=self.device)
+        x = self._draw(noise)
         if self.meta["initial_noise"] == "episode":
             self._episode_noise = x
         return x.clone()
@@ -128,6 +139,12 @@ class ExportedPolicy:
                 raise ConfigError(f"observation {key!r}: this artifact was exported for shape {spec['shape']} "
                                   f"(batch, steps, ...), got {list(x.shape)}; export it for this batch size.")
             args.append(x.to(self.device, getattr(torch, spec["dtype"])).contiguous())
+        if self._fallback is not None:
+            actions, score = self._run(*args, self._noise())
+            actions, n = with_fallback(actions, score, self.fallback["score"],
+                                       lambda: self._fallback(*args, self._draw(self.fallback["noise"])))
+            self.fallbacks += n
+            return actions
         if self._first is None:
             return self._run(*args, self._noise())
         if self._state is None:
