@@ -48,7 +48,8 @@ class PlannedPrediction(nn.Module):
         self.sampler = sampler if sampler is not None else policy.sampler
         self.keys = list(policy.obs_encoder.keys)
         self.stateful = hasattr(self.sampler, "buffer")  # streaming: the buffer is state between calls
-        self.truncated = self.sampler.name == "truncated"
+        # truncated: the sampler brings a full sample for rows its anchors do not cover (a second plan)
+        self.truncated = getattr(self.sampler, "fallback", None) is not None
         self.first = first if self.stateful else None
         with self._running():
             self.plan = policy.plan_prediction(batch, first=self.first)
