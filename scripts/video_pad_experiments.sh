@@ -3,6 +3,7 @@
 # Each step skips itself when its result exists, so an interrupted run resumes.
 #   bash scripts/video_pad_experiments.sh            # everything, in order
 #   PART=video bash scripts/video_pad_experiments.sh # only the video rows; PART=pad only the PAD rows
+#   PART=pad RUNS=mw3_pad_cotrain bash scripts/video_pad_experiments.sh  # only the named PAD-part runs
 # The two parts share no runs, so they can run side by side (OMP_NUM_THREADS=1 each on a 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ POLICY_STEPS=${POLICY_STEPS:-3000}
 EPISODES=${EPISODES:-50}
 PART=${PART:-all}
 PAD_BATCH=${PAD_BATCH:-64}
+RUNS=${RUNS:-mw3_dit mw3_pad mw3_pad_cotrain}
 
 collect() {  # collect TASK N OUT
   [ -e "$3" ] || dp-collect task="$1" n_episodes="$2" obs=image output="$3" progress=false
@@ -52,7 +54,7 @@ collect mw_window_open 50 data/mw_window_open_img.zarr
 # PAD against the image dit on three tasks with language, the same steps and batch
 LANG='policy.language={encoder: builtin, layers: 2}'
 declare -A EXTRA=([mw3_dit]="policy=dit" [mw3_pad]="policy=pad" [mw3_pad_cotrain]="policy=pad")
-for run in mw3_dit mw3_pad mw3_pad_cotrain; do
+for run in $RUNS; do
   video=()
   [ "$run" = mw3_pad_cotrain ] && video=('task.video_datasets=[{path: data/mw_door_open_img.zarr}, {path: data/mw_window_open_img.zarr}]')
   train "runs/$run" task=mw3 ${EXTRA[$run]} "$LANG" training.steps="$POLICY_STEPS" training.batch_size="$PAD_BATCH" "${video[@]}"
