@@ -139,7 +139,9 @@ def _check_config(cfg: DictConfig) -> None:
 @hydra.main(config_path=CONFIG_DIR, config_name="collect", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
     from dp.cli_errors import user_errors_exit
+    from dp.sweep import job_output
 
+    cfg.output = job_output(cfg.output)
     try:
         with user_errors_exit():
             summary = collect(cfg)

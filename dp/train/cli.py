@@ -13,8 +13,10 @@ from dp.constants import CONFIG_DIR
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
 def _main(cfg: DictConfig) -> None:
+    from dp.sweep import job_output
     from dp.train.trainer import Trainer
 
+    cfg.output_dir = job_output(cfg.output_dir)
     try:
         with user_errors_exit():
             summary = Trainer(cfg).run()
