@@ -220,13 +220,14 @@ def test_bad_config_values_fail_clearly(tmp_path, capsys, monkeypatch):
         LoopConfig(max_consecutive_misses=-1)
     with pytest.raises(ValueError, match="hz must be a number > 0, got 'fast'"):
         LoopConfig(hz="fast")
-    with pytest.raises(ValueError, match=r"robot must be one of \['sim'\], got 'ur5'"):
+    with pytest.raises(ValueError, match=r"robot must be 'sim' or \{_target_: module.Class, ...\}.*got 'ur5'"):
         control_checkpoint(str(tmp_path), robot="ur5")
     with pytest.raises(ValueError, match="safe_action must have 2 values"):
         ControlLoop(tiny_policy(), RecordingRobot(), LoopConfig(safe_action=[0, 0, 0]), tmp_path)
     for args, message in ((["hz=-5"], "error: hz must be a number > 0"),
                           (["mode=turbo"], "error: mode must be one of"),
-                          (["robot=ur5"], "error: robot must be one of"),
+                          (["robot._target_=no_such_module.Driver"], "error: robot._target_='no_such_module.Driver' "
+                                                                      "cannot be imported"),
                           ([], "error: No checkpoint at")):
         monkeypatch.setattr(sys, "argv", ["dp-control", f"checkpoint={tmp_path / 'none'}", *args])
         with pytest.raises(SystemExit) as exit_info:
@@ -248,6 +249,26 @@ def test_cli_runs_a_checkpoint_in_its_own_task(tmp_path, monkeypatch, capsys):
     assert summary["ticks"] == 30 and summary["task"] == "toy" and summary["sampler"] == {"name": "ddim", "steps": 4}
     assert summary["episodes"] >= 1  # episodes of at most 10 steps
     assert '"ticks": 30' in capsys.readouterr().out
+
+
+def test_cli_drives_a_user_robot_class_named_by_its_target(tmp_path, monkeypatch):
+    """robot._target_=module.Class plugs a driver in without a code change; its arguments come as +robot.KEY."""
+    from robot_plugins import ToyDriver
+    from train_helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "run", tiny_policy())
+    ToyDriver.sent.clear()
+    monkeypatch.setattr(sys, "argv", ["dp-control", f"checkpoint={tmp_path / 'run'}", "hz=50", "max_ticks=20",
+                                      "mode=sync", "progress=false", "torch_threads=1", "max_consecutive_misses=0",
+                                      "robot._target_=robot_plugins.ToyDriver", "+robot.gain=0.5"])
+    dp_control()
+    summary = json.loads((tmp_path / "run" / "control" / "summary.json").read_text())
+    assert summary["robot"] == "robot_plugins.ToyDriver" and summary["ticks"] == 20
+    sent = np.stack(ToyDriver.sent)
+    assert len(sent) == 20 and np.isfinite(sent).all() and (np.abs(sent) <= 1).all()
+    with pytest.raises(ValueError, match=r"robot robot_plugins.NotARobot lacks \['action_limits', 'instruction', "
+                                         r"'observe', 'act'\]"):
+        control_checkpoint(str(tmp_path / "run"), robot={"_target_": "robot_plugins.NotARobot"}, max_ticks=5)
 
 
 def test_action_queue_merges_chunks_by_tick():

@@ -21,7 +21,7 @@ from dp.checkpoint import checkpoint_tasks, load_config, resolve
 from dp.policies.registry import load_policy
 from dp.runtime.artifact import ExportedPolicy
 
-ROBOTS = ("sim",)
+SIM_ROBOT = "dp.control.robot.SimRobot"
 FAULT_STOPS = ("nonfinite_actions", "consecutive_misses")  # stop reasons that end dp-control with status 3
 EXIT_FAULT = 3
 
@@ -39,7 +39,47 @@ def streaming_sampler_for(policy) -> None:
               f"for it. Pass sampler={{name: streaming, steps: K}} to choose K.")
 
 
-def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: str | dict | None = None,
+def robot_spec(spec: str | dict) -> dict:
+    """``"sim"`` or ``{_target_: module.Class, **arguments}`` -> the latter, checked (the class imports)
+    before anything is loaded."""
+    spec = {"_target_": SIM_ROBOT} if spec == "sim" else spec
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise ConfigError(f"robot must be 'sim' or {{_target_: module.Class, ...}} naming a class that implements "
+                          f"dp.control.robot.Robot; got {spec!r}.")
+    _robot_class(spec["_target_"])
+    return spec
+
+
+def _robot_class(target: str):
+    from hydra.utils import get_class
+
+    try:
+        return get_class(target)
+    except Exception as e:  # noqa: BLE001 - hydra wraps import errors of every kind
+        raise ConfigError(f"robot._target_={target!r} cannot be imported ({e}); give module.Class of a class on "
+                          f"the Python path.") from None
+
+
+def build_robot(spec: dict, task: str, env_options: dict, max_steps: int | None):
+    """The robot of ``robot_spec``: a ``SimRobot`` (or subclass) also gets the task, env options and
+    step limit; any other class gets only its arguments and must have the members of
+    ``dp.control.robot.Robot``."""
+    from dp.control.robot import Robot, SimRobot
+
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    cls = _robot_class(spec["_target_"])
+    if isinstance(cls, type) and issubclass(cls, SimRobot):
+        kwargs = {"task": task, "env_options": env_options, "max_steps": max_steps, **kwargs}
+    robot = cls(**kwargs)
+    if not isinstance(robot, Robot):
+        missing = [m for m in ("action_limits", "instruction", "episode", "observe", "act", "close")
+                   if not hasattr(robot, m)]
+        robot.close() if hasattr(robot, "close") else None
+        raise ConfigError(f"robot {spec['_target_']} lacks {missing} of the dp.control.robot.Robot protocol.")
+    return robot
+
+
+def control_checkpoint(checkpoint: str | None = None, robot: str | dict = "sim", task: str | dict | None = None,
                        max_steps: int | None = None,
                        duration_s: float | None = 60.0, max_ticks: int | None = None, output_dir: str | None = None,
                        ema: bool = True, device: str = "cpu", seed: int = 0, sampler: dict | None = None,
@@ -51,9 +91,9 @@ def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: 
     configs/task/mw_reach.yaml); default: the checkpoint's (the first of a multi-task one).
     ``artifact``: run an exported artifact instead of a checkpoint (its sampler and batch are
     compiled in: ``sampler``, ``ema`` and ``device`` do not apply).
+    ``robot``: ``"sim"`` or ``{_target_: module.Class, **arguments}`` (``build_robot``).
     ``loop_options`` are ``LoopConfig`` fields (hz, mode, async_blend, stall, ...)."""
-    if robot not in ROBOTS:
-        raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {robot!r}.")
+    robot = robot_spec(robot)
     if (checkpoint is None) == (artifact is None):
         raise ConfigError("give one of checkpoint=RUN (a training checkpoint) or artifact=DIR (from dp-export).")
     if duration_s is not None and not (isinstance(duration_s, (int, float)) and duration_s > 0):
@@ -87,15 +127,13 @@ def control_checkpoint(checkpoint: str | None = None, robot: str = "sim", task: 
     if EVAL_SEED_BASE <= seeds_max:
         raise ConfigError("evaluation seeds overlap the collection seeds; raise dp.constants.EVAL_SEED_BASE")
     out = Path(output_dir) if output_dir else out_root / "control"
-    from dp.control.robot import SimRobot
-
-    sim = SimRobot(task, env_options, max_steps=max_steps)
-    info = {("artifact" if artifact else "checkpoint"): str(source), "task": task, "robot": robot,
-            "output_dir": str(out)}
+    driven = build_robot(robot, task, env_options, max_steps)
+    info = {("artifact" if artifact else "checkpoint"): str(source), "task": task,
+            "robot": robot["_target_"], "output_dir": str(out)}
     try:
-        return ControlLoop(policy, sim, config, out, info=info).run()
+        return ControlLoop(policy, driven, config, out, info=info).run()
     finally:
-        sim.close()
+        driven.close()
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="control", version_base=None)
