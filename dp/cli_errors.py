@@ -2,7 +2,7 @@
 stderr and exit status 2, no traceback. Anything else is a bug and keeps its traceback.
 
 User errors are ``dp.errors.UserError`` (config values, datasets, checkpoints, training that
-diverged), ``envs.errors.EnvConfigError`` (task names, env options) and ``OSError`` with a
+diverged), ``dp.envs.errors.EnvConfigError`` (task names, env options) and ``OSError`` with a
 file name or a file-system errno (a full disk, a read-only or missing directory).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 from dp.errors import UserError
-from envs.errors import EnvConfigError
+from dp.envs.errors import EnvConfigError
 
 T = TypeVar("T")
 USER_ERRORS = (UserError, EnvConfigError)

@@ -33,8 +33,8 @@ from dp.data.validate import validate
 
 def collect(cfg: DictConfig | dict) -> dict:
     """Collect demonstrations as ``cfg`` says; return the summary written to the store's attrs."""
-    import envs
-    from envs.rollout import run_expert_episode
+    from dp import envs
+    from dp.envs.rollout import run_expert_episode
 
     cfg = OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg
     _check_config(cfg)

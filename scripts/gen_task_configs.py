@@ -7,7 +7,7 @@ EXTRA_OPTIONS below, not in the generated files.
 """
 from pathlib import Path
 
-import envs
+from dp import envs
 
 EXTRA_OPTIONS: dict[str, dict] = {}
 OUT = Path(__file__).resolve().parent.parent / "configs" / "task"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import envs
+from dp import envs
 
 
 class ToyDriver:

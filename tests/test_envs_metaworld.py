@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-import envs  # noqa: E402
-from envs import metaworld_tasks as mwt  # noqa: E402
-from envs.rollout import run_expert_episode  # noqa: E402
+from dp import envs  # noqa: E402
+from dp.envs import metaworld_tasks as mwt  # noqa: E402
+from dp.envs.rollout import run_expert_episode  # noqa: E402
 
 
 def test_names_match_metaworld():

@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("gym_pusht")
 
-import envs  # noqa: E402
-from envs import pusht  # noqa: E402
-from envs.rollout import run_expert_episode  # noqa: E402
+from dp import envs  # noqa: E402
+from dp.envs import pusht  # noqa: E402
+from dp.envs.rollout import run_expert_episode  # noqa: E402
 
 
 def test_names_resolve():

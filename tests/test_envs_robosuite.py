@@ -4,9 +4,9 @@ import pytest
 
 pytest.importorskip("robosuite")
 
-import envs  # noqa: E402
-from envs import robosuite_tasks as rst  # noqa: E402
-from envs.rollout import run_expert_episode  # noqa: E402
+from dp import envs  # noqa: E402
+from dp.envs import robosuite_tasks as rst  # noqa: E402
+from dp.envs.rollout import run_expert_episode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_names_resolve():
     assert set(rst.NAMES) <= set(envs.task_names())
     assert envs.task_set("rs_can") == ("rs_can",)
     info = envs.task_info("rs_stack")
-    assert info["family"] == "envs.robosuite_tasks" and "cube" in info["instruction"]
+    assert info["family"] == "dp.envs.robosuite_tasks" and "cube" in info["instruction"]
     assert len({rst.instruction(n) for n in rst.NAMES}) == len(rst.NAMES)
 
 

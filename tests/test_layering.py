@@ -1,5 +1,5 @@
 """Imports point down only (docs/design.md, "Layering"): a walk over every module of dp/ and
-envs/ with ``ast`` fails on an import cycle, an arrow the layering forbids, a two-way tie
+dp/envs/ with ``ast`` fails on an import cycle, an arrow the layering forbids, a two-way tie
 between sibling packages, or a private name imported from another package."""
 import ast
 from collections import defaultdict
@@ -7,22 +7,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # modules anything may import; they import nothing of dp but each other
-LEAVES = {"dp", "dp.errors", "dp.constants", "dp.results", "dp.cli_errors", "envs.errors"}
+LEAVES = {"dp", "dp.errors", "dp.constants", "dp.results", "dp.cli_errors", "dp.envs.errors"}
 # package -> the packages it may import (leaves always allowed); entry points (*.cli, dp.collect) may import anything
 ALLOWED = {
     "dp.core": set(),
     "dp.data": set(),
     "dp.runtime": set(),
-    "envs": set(),
+    "dp.envs": set(),
     "dp.checkpoint": {"dp.data", "dp.runtime"},
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
     "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint", "dp.runtime"},
     "dp.deploy": {"dp.core", "dp.policies", "dp.checkpoint", "dp.runtime"},
     "dp.video": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data"},
-    "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "envs"},
-    "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "envs"},
-    "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "envs"},
+    "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "dp.envs"},
+    "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "dp.envs"},
+    "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "dp.envs"},
     "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.video", "dp.data", "dp.checkpoint",
                  "dp.eval", "dp.train", "dp.deploy", "dp.runtime"},
 }
@@ -36,13 +36,13 @@ def _module_name(path: Path) -> str:
 
 def _imports() -> dict[str, set[tuple[str, str]]]:
     """module -> {(imported module, imported name or "")}, every import in the file (lazy ones too)."""
-    modules = {_module_name(p): p for top in ("dp", "envs") for p in (ROOT / top).rglob("*.py")}
+    modules = {_module_name(p): p for top in ("dp",) for p in (ROOT / top).rglob("*.py")}
     out: dict[str, set[tuple[str, str]]] = defaultdict(set)
     for mod, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                out[mod] |= {(a.name, "") for a in node.names if a.name.split(".")[0] in ("dp", "envs")}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] in ("dp", "envs"):
+                out[mod] |= {(a.name, "") for a in node.names if a.name.split(".")[0] == "dp"}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.split(".")[0] == "dp":
                 for a in node.names:  # `from dp.x import y` may name a module y
                     target = f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
                     out[mod].add((target, a.name))
@@ -50,8 +50,8 @@ def _imports() -> dict[str, set[tuple[str, str]]]:
 
 
 def _package(mod: str) -> str:
-    if mod in LEAVES or mod.split(".")[0] == "envs" and mod != "envs.errors":
-        return mod if mod in LEAVES else "envs"
+    if mod in LEAVES:
+        return mod
     return ".".join(mod.split(".")[:2])
 
 

@@ -13,7 +13,7 @@ WRIST = "robot0_eye_in_hand"
 
 
 def test_two_camera_policy_trains_and_acts_on_rs_lift(tmp_path):
-    import envs
+    from dp import envs
 
     store = tmp_path / "rs_lift_2cam.zarr"
     collect({"task": {"name": "rs_lift", "env": "rs_lift", "env_options": {"extra_cameras": [WRIST],

@@ -3,7 +3,7 @@ embodiment's actions go in and come back exactly."""
 import numpy as np
 import pytest
 
-import envs
+from dp import envs
 from dp.data import DatasetError
 from dp.data.unified import (
     EEF_LIN_VEL, EEF_POS, EEF_ROT6D, EMBODIMENTS, GRIPPER_OPEN, LEFT_OFFSET, UNIFIED_DIM, embodiment,

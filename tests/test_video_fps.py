@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import envs
+from dp import envs
 from dp.eval import rollout
 
 

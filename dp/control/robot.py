@@ -45,7 +45,7 @@ class SimRobot:
 
     def __init__(self, task: str, env_options: dict | None = None, seed_base: int = EVAL_SEED_BASE,
                  max_steps: int | None = None):
-        import envs
+        from dp import envs
 
         self.task = task
         self.env = envs.make(task, **(env_options or {}))

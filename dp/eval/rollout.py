@@ -44,7 +44,7 @@ def run_episodes(
 ) -> dict:
     """Roll out ``policy`` on ``task`` once per seed through ``policy.select_action`` (the policy keeps
     the observation history). Returns per-episode results and the latency of each prediction."""
-    import envs
+    from dp import envs
 
     env_options = dict(env_options or {})
     episodes, latencies, frames_out = [], [], []

@@ -40,7 +40,7 @@ def parse_spec(spec: str) -> dict:
 
 def real_obs(policy, task: str, env_options: dict, seed: int = 10**9) -> dict:
     """One batch-1 observation from the task's env after reset (history = the first frame repeated)."""
-    import envs
+    from dp import envs
 
     env = envs.make(task, **env_options)
     obs, _ = env.reset(seed=seed)

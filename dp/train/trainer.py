@@ -114,7 +114,7 @@ def check_dataset_task(attrs, task_cfg, path) -> None:
     """The tasks a dataset records must be the task config's (``task.allow_mismatch=true`` skips this).
 
     A store that records no tasks (imported from elsewhere) is not checked."""
-    import envs
+    from dp import envs
 
     recorded = list(attrs.get("tasks") or ([attrs["task"]] if attrs.get("task") else []))
     if not recorded or task_cfg.get("allow_mismatch", False):

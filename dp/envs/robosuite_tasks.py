@@ -89,9 +89,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import check_obs_mode
-from envs.errors import EnvOptionError, EnvValueError
-from envs.rendering import make_renderer
+from dp.envs.base import check_obs_mode
+from dp.envs.errors import EnvOptionError, EnvValueError
+from dp.envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -107,7 +107,7 @@ TASKS = {
     ),
 }
 NAMES = list(TASKS)
-EXPERTS = "envs.robosuite_experts"  # the registry finds expert() there (experts import this module)
+EXPERTS = "dp.envs.robosuite_experts"  # the registry finds expert() there (experts import this module)
 # size of robosuite's object-state per task (the experts read it from the end of `state`)
 OBJECT_DIMS = {"rs_lift": 10, "rs_can": 14, "rs_square": 14, "rs_stack": 23, "rs_two_arm_lift": 19}
 TWO_ARM_CONFIGURATION = "parallel"

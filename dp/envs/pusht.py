@@ -36,8 +36,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import check_obs_mode
-from envs.errors import EnvOptionError, EnvValueError
+from dp.envs.base import check_obs_mode
+from dp.envs.errors import EnvOptionError, EnvValueError
 
 NAMES = ["pusht"]
 INSTRUCTION = "push the T-shaped block onto the T-shaped target"

@@ -14,13 +14,13 @@ import difflib
 import importlib
 from functools import cache
 
-from envs.errors import UnknownTaskError
+from dp.envs.errors import UnknownTaskError
 
 FAMILIES = {
-    "toy": "envs.toy",
-    "mw": "envs.metaworld_tasks",
-    "rs": "envs.robosuite_tasks",
-    "pusht": "envs.pusht",
+    "toy": "dp.envs.toy",
+    "mw": "dp.envs.metaworld_tasks",
+    "rs": "dp.envs.robosuite_tasks",
+    "pusht": "dp.envs.pusht",
 }
 # Multi-task sets and the family that defines them (in its SETS dict).
 SET_FAMILIES = {"mt10": "mw", "mt50": "mw", "mw3": "mw"}
@@ -59,14 +59,14 @@ def _unknown(name: str) -> str:
         known = list(FAMILIES)
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    return f"Unknown task {name!r}.{hint} Known tasks: see envs.task_names() and envs.task_sets()."
+    return f"Unknown task {name!r}.{hint} Known tasks: see dp.envs.task_names() and dp.envs.task_sets()."
 
 
 def _check_single(name: str):
     if name in SET_FAMILIES:
         raise UnknownTaskError(
             f"{name!r} is a multi-task set ({len(task_sets()[name])} tasks); "
-            f"make one of its tasks, e.g. envs.make({task_sets()[name][0]!r})."
+            f"make one of its tasks, e.g. dp.envs.make({task_sets()[name][0]!r})."
         )
     mod = _module(name)
     if name not in mod.NAMES:

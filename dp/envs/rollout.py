@@ -52,7 +52,7 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> 
 
 def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **env_options) -> dict:
     """Success rate of a task's scripted expert over seeds first_seed..first_seed+n-1."""
-    import envs
+    from dp import envs
 
     env = envs.make(name, **env_options)
     expert = envs.expert(name)
@@ -70,7 +70,7 @@ def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m envs.rollout TASK [TASK ...] --episodes 50 [--option robot=Sawyer]`: expert success as JSON lines."""
+    """`python -m dp.envs.rollout TASK [TASK ...] --episodes 50 [--option robot=Sawyer]`: expert success as JSON lines."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("tasks", nargs="+", help="task names or sets (mt10, mt50)")
     parser.add_argument("--episodes", type=int, default=50)
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="env option passed to envs.make (repeatable), e.g. robot=Sawyer")
     args = parser.parse_args(argv)
-    import envs
+    from dp import envs
 
     options = {}
     for item in args.option:

@@ -5,7 +5,7 @@ from typing import Protocol
 
 import numpy as np
 
-from envs.errors import EnvValueError
+from dp.envs.errors import EnvValueError
 
 OBS_MODES = ("state", "image")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.robosuite_tasks import OBJECT_DIMS
+from dp.envs.robosuite_tasks import OBJECT_DIMS
 
 POS_SCALE = 0.05  # m of goal change per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # rad of goal change per unit action

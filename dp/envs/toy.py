@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import check_obs_mode
+from dp.envs.base import check_obs_mode
 
 NAMES = ["toy"]
 INSTRUCTION = "move the point to the goal without touching the obstacle"

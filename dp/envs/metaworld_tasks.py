@@ -53,9 +53,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.base import check_obs_mode
-from envs.errors import EnvOptionError, EnvValueError, UnknownTaskError
-from envs.rendering import make_renderer
+from dp.envs.base import check_obs_mode
+from dp.envs.errors import EnvOptionError, EnvValueError, UnknownTaskError
+from dp.envs.rendering import make_renderer
 
 if sys.platform.startswith("linux"):  # headless rendering; must precede importing mujoco
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -473,7 +473,7 @@ class MetaWorldExpert:
 
 def _check_name(name: str) -> None:
     if name not in NAMES:
-        raise UnknownTaskError(f"Unknown Meta-World task {name!r}; see envs.metaworld_tasks.NAMES.")
+        raise UnknownTaskError(f"Unknown Meta-World task {name!r}; see dp.envs.metaworld_tasks.NAMES.")
 
 
 def make(name: str, **options) -> MetaWorldEnv:
