@@ -123,7 +123,7 @@ def collect(cfg: DictConfig | dict) -> dict:
 def _check_config(cfg: DictConfig) -> None:
     problems = []
     if "task" not in cfg or "env" not in cfg.task:
-        problems.append("task: missing; choose one, e.g. task=mw_push (configs/task/*.yaml)")
+        problems.append("task: missing; choose one, e.g. task=mw_push (dp/configs/task/*.yaml)")
     if not isinstance(cfg.get("n_episodes"), int) or cfg.n_episodes < 1:
         problems.append(f"n_episodes: expected an integer >= 1, found {cfg.get('n_episodes')!r}")
     if cfg.get("obs") not in ("state", "image"):

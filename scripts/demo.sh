@@ -19,7 +19,7 @@ $BIN/dp-data validate $DATA --require state action
 $BIN/dp-data info $DATA
 if [ ! -f "$RUN/train_summary.json" ]; then
   RESUME=false; [ -e "$RUN/checkpoints/latest" ] && RESUME=true   # an interrupted demo continues
-  # configs/train.yaml defaults: batch 64, 5000 steps, lr 5e-4 (about 14 minutes on 2 CPU cores)
+  # dp/configs/train.yaml defaults: batch 64, 5000 steps, lr 5e-4 (about 14 minutes on 2 CPU cores)
   $BIN/dp-train task=$TASK policy=dit output_dir=$RUN resume=$RESUME ${DEMO_TRAIN_ARGS:-}
 fi
 $BIN/dp-eval checkpoint=$RUN/checkpoints/latest n_episodes=${DEMO_EPISODES:-50} output_dir=$RUN/eval

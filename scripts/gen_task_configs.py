@@ -1,4 +1,4 @@
-"""Write configs/task/<name>.yaml for every task and multi-task set in envs/.
+"""Write dp/configs/task/<name>.yaml for every task and multi-task set in dp/envs/.
 
     python scripts/gen_task_configs.py
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from dp import envs
 
 EXTRA_OPTIONS: dict[str, dict] = {}
-OUT = Path(__file__).resolve().parent.parent / "configs" / "task"
+OUT = Path(__file__).resolve().parent.parent / "dp" / "configs" / "task"
 
 
 def render(name: str, env: str, instruction: str | None) -> str:

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source .venv/bin/activate
 export MUJOCO_GL=${MUJOCO_GL:-egl}
-STEPS=${STEPS:-5000}          # per single-task row (configs/train.yaml's default)
+STEPS=${STEPS:-5000}          # per single-task row (dp/configs/train.yaml's default)
 MT10_STEPS=${MT10_STEPS:-6000} # the MoDE rows' steps
 EPISODES=${EPISODES:-50}
 

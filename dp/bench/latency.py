@@ -16,7 +16,7 @@ from dp.policies import DiTPolicy, MLPBCPolicy
 from dp.results import result_name, sync, write_result
 
 SHAPE_META = {"action": [4], "obs": {"state": [39]}}
-BASE = {"action_patch": 4}  # configs/policy/dit.yaml's default: 4 actions per token
+BASE = {"action_patch": 4}  # dp/configs/policy/dit.yaml's default: 4 actions per token
 CASES = [
     ("dit", BASE, "ddim", 10),
     ("dit", BASE, "ddim", 4),

@@ -6,7 +6,7 @@
 
 Pieces: ``robot`` (the ``Robot`` protocol, ``SimRobot``), ``loop`` (timing, inference
 worker, action queue, watchdog), ``telemetry`` (ticks.csv, summary.json, histogram),
-``cli`` (``dp-control``, hydra config ``configs/control.yaml``).
+``cli`` (``dp-control``, hydra config ``dp/configs/control.yaml``).
 """
 from dp.control.loop import BLENDS, MODES, ActionQueue, ControlLoop, LoopConfig, Predictor, check_policy_for_mode
 from dp.control.robot import Robot, SimRobot

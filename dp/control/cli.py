@@ -1,4 +1,4 @@
-"""`dp-control checkpoint=PATH (or artifact=DIR) robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (configs/control.yaml).
+"""`dp-control checkpoint=PATH (or artifact=DIR) robot=sim hz=20 mode=async duration_s=60 output_dir=DIR` (dp/configs/control.yaml).
 
 Exit status: 0 when the loop ran to its end, 2 for a user error (bad config, checkpoint),
 3 when the loop stopped on a fault (non-finite predictions, too many missed deadlines).
@@ -88,7 +88,7 @@ def control_checkpoint(checkpoint: str | None = None, robot: str | dict = "sim",
     (also in output_dir/summary.json).
 
     ``task``: an env task name, or a task config (``dp-control task=mw_reach`` loads
-    configs/task/mw_reach.yaml); default: the checkpoint's (the first of a multi-task one).
+    dp/configs/task/mw_reach.yaml); default: the checkpoint's (the first of a multi-task one).
     ``artifact``: run an exported artifact instead of a checkpoint (its sampler and batch are
     compiled in: ``sampler``, ``ema`` and ``device`` do not apply).
     ``robot``: ``"sim"`` or ``{_target_: module.Class, **arguments}`` (``build_robot``).

@@ -1,4 +1,4 @@
-"""`dp-export checkpoint=RUN output=DIR` (configs/export.yaml): write a checkpoint as an artifact
+"""`dp-export checkpoint=RUN output=DIR` (dp/configs/export.yaml): write a checkpoint as an artifact
 that `dp-control artifact=DIR` runs without dp's training code."""
 from __future__ import annotations
 

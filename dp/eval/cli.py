@@ -1,4 +1,4 @@
-"""`dp-eval checkpoint=PATH n_episodes=50 output_dir=DIR` (see configs/eval.yaml)."""
+"""`dp-eval checkpoint=PATH n_episodes=50 output_dir=DIR` (see dp/configs/eval.yaml)."""
 from __future__ import annotations
 
 import json

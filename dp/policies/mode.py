@@ -20,7 +20,7 @@ per prediction at level 0. The official code instead adds the noise embedding to
 observation and goal tokens too, which makes them depend on the level and rules out
 that cache; dp keeps the cache (README, "MoDE").
 
-``configs/policy/mode.yaml`` runs MoDE's recipe: EDM preconditioning (sigma_data 0.5,
+``dp/configs/policy/mode.yaml`` runs MoDE's recipe: EDM preconditioning (sigma_data 0.5,
 log-logistic sigma with loc ln 0.5, scale 0.5) and 10 DDIM steps in sigma space on an
 exponential schedule. ``policy.process`` set to dp's defaults (vp_cosine, eps) runs the
 same network on the baseline's recipe.

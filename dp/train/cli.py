@@ -1,4 +1,4 @@
-"""`dp-train`: hydra entry point around dp.train.trainer.Trainer (see configs/train.yaml)."""
+"""`dp-train`: hydra entry point around dp.train.trainer.Trainer (see dp/configs/train.yaml)."""
 from __future__ import annotations
 
 import json

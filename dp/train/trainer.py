@@ -156,7 +156,7 @@ class Trainer:
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         policy_cfg.pop("name", None)
         policy_cfg["shape_meta"] = self.shape_meta
-        # a policy config with a `sampler: null` slot takes the sampler group's choice (configs/sampler/)
+        # a policy config with a `sampler: null` slot takes the sampler group's choice (dp/configs/sampler/)
         if "sampler" in policy_cfg and policy_cfg["sampler"] is None and cfg.get("sampler") is not None:
             policy_cfg["sampler"] = OmegaConf.to_container(cfg.sampler, resolve=True)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run

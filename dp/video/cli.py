@@ -1,4 +1,4 @@
-"""`dp-video-eval checkpoint=RUN n_clips=64` (see configs/video_eval.yaml)."""
+"""`dp-video-eval checkpoint=RUN n_clips=64` (see dp/configs/video_eval.yaml)."""
 from __future__ import annotations
 
 import hydra
