@@ -1,22 +1,23 @@
 # The README's commands. Every target that runs code depends on `setup`, which
-# builds .venv once (stamp file) and installs everything pinned, torch first.
+# builds .venv once (stamp file) and installs the tested set (requirements.lock), torch first.
 SHELL := /bin/bash
 PY := .venv/bin/python
+TORCH := 2.13.0
 STAMP := .venv/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 export WANDB_MODE ?= offline
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench lock clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a cached CPU wheel; an unpinned torch pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q torch==$(TORCH)
+	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -31,6 +32,10 @@ test-slow: setup
 
 bench: setup
 	.venv/bin/dp-bench
+
+# regenerate requirements.lock from pyproject.toml (needs uv: pip install uv)
+lock:
+	TORCH=$(TORCH) bash scripts/lock.sh
 
 clean:
 	rm -rf .venv

@@ -142,9 +142,9 @@ class PretrainedTextEncoder(nn.Module):
                 "or use language.encoder=builtin.")
         try:
             from transformers import AutoModel, AutoTokenizer
-        except ImportError as e:  # pragma: no cover - transformers is in requirements.txt
+        except ImportError as e:  # pragma: no cover - transformers is the [language] extra
             raise ImportError("language.encoder 'pretrained' needs the transformers package "
-                              "(pip install -r requirements.txt).") from e
+                              "(pip install 'dp[language]', or make setup).") from e
         try:
             tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
             model = AutoModel.from_pretrained(self.path, local_files_only=True)

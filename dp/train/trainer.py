@@ -420,7 +420,15 @@ class Trainer:
         mode = self.cfg.logging.mode
         if mode == "disabled":
             return None
-        import wandb
+        try:
+            import wandb
+        except ImportError:  # the [wandb] extra is optional; online logging was asked for by name
+            if mode == "online":
+                raise ConfigError("logging.mode=online needs wandb: pip install 'dp[wandb]' (or logging.mode="
+                                  "disabled).") from None
+            print("wandb is not installed (pip install 'dp[wandb]'): metrics go to history.json and "
+                  "training_curve.png only.")
+            return None
 
         # the run id travels in the checkpoint, so resume=true continues the same wandb run
         self.wandb_id = self.cfg.logging.get("run_id") or self.wandb_id or uuid.uuid4().hex[:8]
