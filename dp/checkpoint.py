@@ -215,7 +215,19 @@ def checkpoint_tasks(cfg: dict) -> tuple[list[str], dict]:
     if attrs.get("sources"):
         raise CheckpointError("this checkpoint was trained on a mixture of robots (task.datasets); dp-eval rolls it "
                               "out on each of them, but this command takes single-robot checkpoints only so far.")
-    return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs.get("env_options") or {})
+    if attrs.get("env_options") is not None:
+        return list(attrs.get("tasks") or [cfg["task"]["env"]]), dict(attrs["env_options"])
+    # a store that records no env options (imported, e.g. diffusion_policy's PushT): the task config's,
+    # with the observation mode and the image side the policy was trained on
+    task = cfg.get("task") or {}
+    options = dict(task.get("env_options") or {})
+    if task.get("obs") == "image":
+        options["obs"] = "image"
+        frames = [s for s in ((cfg.get("policy") or {}).get("shape_meta") or {}).get("obs", {}).values()
+                  if isinstance(s, list) and len(s) >= 3]
+        if frames and frames[0][-1] == frames[0][-2]:
+            options.setdefault("image_size", int(frames[0][-1]))
+    return list(attrs.get("tasks") or [task["env"]]), options
 
 
 def load_tensors(path: Path) -> dict:

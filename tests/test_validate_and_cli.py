@@ -85,7 +85,7 @@ def test_info_describes_diffusion_policy_v2_store(tmp_path, capsys):
     assert dp_data(["info", str(tmp_path / "pusht.zarr")]) == 0
     out = capsys.readouterr().out
     assert "zarr format 2" in out and "episodes 3, steps 22" in out
-    assert "data/img" in out and "(22, 96, 96, 3)" in out and "uint8" in out
+    assert "data/img" in out and "(22, 96, 96, 3)" in out and "float32" in out  # as published: 0..255 floats
     assert "data/keypoint" in out and "(22, 9, 2)" in out
 
 

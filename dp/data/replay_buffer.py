@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import zarr
+import zarr.storage
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from dp.data.errors import DatasetError
+from dp.data.frames import is_frames
 from dp.data.integrity import FIX, damaged_metadata, read_all, read_steps
 
 FORMAT_VERSION = 1  # bump (and note in CHANGELOG) if the on-disk layout changes
@@ -36,7 +38,7 @@ DEFAULT_TIME_CHUNK = 200  # steps; about one episode of the tasks dp ships
 
 
 def _is_image(arr_shape: tuple[int, ...], dtype) -> bool:
-    return np.dtype(dtype) == np.uint8 and len(arr_shape) == 4 and arr_shape[-1] in (1, 3, 4)
+    return np.dtype(dtype) == np.uint8 and is_frames(arr_shape)
 
 
 def _chunks_for(shape: tuple[int, ...], dtype, time_chunk: int) -> tuple[int, ...]:
@@ -67,25 +69,29 @@ class ReplayBuffer:
 
     @classmethod
     def open(cls, path: str | os.PathLike, mode: str = "r") -> "ReplayBuffer":
-        """Open an existing store (format 2 or 3) without loading it."""
+        """Open an existing store (format 2 or 3) without loading it: a directory, or a zip of one
+        (``.zarr.zip``, as diffusion_policy publishes PushT; read-only)."""
         path = Path(path)
         if not path.exists():
             raise DatasetError(
-                f"No dataset at {path}. Expected a zarr store (a directory). "
+                f"No dataset at {path}. Expected a zarr store (a directory, or a .zarr.zip). "
                 "Make one with `dp-collect task=<task> output=<path>`."
             )
+        zipped = path.suffix == ".zip"
+        if zipped and mode != "r":
+            raise DatasetError(f"{path} is a zipped store, which opens read-only; unzip it to write to it.")
         try:
             # arrays opened here keep this config: appends in mode r+/a write every chunk too
             with zarr.config.set({"array.write_empty_chunks": True}):
-                return cls._open_layout(path, mode)
+                return cls._open_layout(path, zarr.storage.ZipStore(path, mode="r") if zipped else str(path), mode)
         except DatasetError:
             raise
         except Exception as e:  # zarr raises JSON, key, type and value errors for damaged stores
             raise _unreadable(path, e) from e
 
     @classmethod
-    def _open_layout(cls, path: Path, mode: str) -> "ReplayBuffer":
-        root = zarr.open_group(str(path), mode=mode)
+    def _open_layout(cls, path: Path, store, mode: str) -> "ReplayBuffer":
+        root = zarr.open_group(store, mode=mode)
         for group in ("data", "meta"):
             if group not in root:
                 raise DatasetError(

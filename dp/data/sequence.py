@@ -37,7 +37,10 @@ a loss.
 - images (uint8 ``[N, H, W, C]`` store arrays) are stacked on a camera axis V:
   ``{"image": ["front", "wrist"]}`` -> ``uint8 [T, V, C, H, W]``; cameras must share H, W, C.
 
-A plain string key keeps the single-array shapes above. With the defaults, observations
+A key may take columns of a low-dim store array, ``"state[0:2]"`` (the last axis, Python slice
+bounds): diffusion_policy's PushT store has no ``agent_pos``, which is ``state[0:2]`` there.
+A plain string key keeps the single-array shapes above. Float frames holding 0..255 (that
+store's ``data/img``) are read as uint8 (dp/data/frames.py). With the defaults, observations
 are the first ``n_obs_steps`` steps of the window and the actions a policy executes are
 ``action[To-1 : To-1+n_action_steps]``.
 """
@@ -51,8 +54,10 @@ import numpy as np
 import torch
 
 from dp.data.errors import DatasetError
+from dp.data.frames import as_uint8_frames, is_frames
 from dp.data.normalizer import Normalizer
 from dp.data.replay_buffer import ReplayBuffer
+from dp.keys import split_key
 from dp.data.validate import validate
 
 # obs name in a batch -> key in the store (diffusion_policy stores images as "img").
@@ -128,6 +133,21 @@ def _check_obs_keys(obs_keys) -> dict[str, str | list[str]]:
                 'e.g. "img", or ["agent_pos", "object"] to concatenate low-dim arrays / stack cameras.'
             )
     return out
+
+
+def _frames_as_uint8(buffer: ReplayBuffer, keys: list[str]) -> ReplayBuffer:
+    """The in-memory buffer with float frames holding 0..255 read as uint8 (a copy when any is)."""
+    floats = [k for k in keys if is_frames(buffer.data[k].shape) and np.dtype(buffer.data[k].dtype).kind == "f"]
+    if not floats:
+        return buffer
+    data = dict(buffer.data)
+    for k in floats:
+        try:
+            data[k] = as_uint8_frames(np.asarray(data[k]), f"data/{k}")
+        except ValueError as e:
+            raise DatasetError(f"{buffer.source or 'dataset'}: {e}") from None
+        print(f"data/{k} holds float frames in 0..255 (as diffusion_policy's PushT store does): read as uint8")
+    return ReplayBuffer(data, buffer.episode_ends, buffer.attrs, source=buffer.source)
 
 
 def _check_offsets(name: str, offsets) -> tuple[int, ...]:
@@ -207,7 +227,7 @@ class SequenceDataset(torch.utils.data.Dataset):
             buffer = source
         else:
             buffer = ReplayBuffer.open(source)
-        store_keys = list(dict.fromkeys(k for key in self.obs_keys.values() for k in self._as_list(key)))
+        store_keys = list(dict.fromkeys(split_key(k)[0] for key in self.obs_keys.values() for k in self._as_list(key)))
         needed = [action_key, *store_keys] if action_key else store_keys
         missing = [k for k in needed if k not in buffer]
         if missing:
@@ -222,7 +242,7 @@ class SequenceDataset(torch.utils.data.Dataset):
             validate(buffer, required_keys=tuple(needed), quick=True)
             buffer = buffer.to_memory(needed + extra)
         validate(buffer, required_keys=tuple(needed))
-        self.buffer = buffer
+        self.buffer = _frames_as_uint8(buffer, needed)
         self.extra_keys = extra
         self.attrs = dict(self.buffer.attrs)
 
@@ -269,16 +289,37 @@ class SequenceDataset(torch.utils.data.Dataset):
             out[name] = _check_offsets(name, offsets)
         return out
 
+    def _per_step_shape(self, spec: str) -> tuple[int, ...]:
+        """One step's shape of a store key, or of the columns it names (``"state[0:2]"`` -> (2,))."""
+        key, cols = split_key(spec)
+        shape = tuple(self.buffer.data[key].shape[1:])
+        if cols is None:
+            return shape
+        n = len(range(*cols.indices(shape[-1]))) if shape else 0
+        if n == 0:
+            raise DatasetError(f"obs key {spec!r} selects no column of data/{key} (per-step shape {shape}); give "
+                               f"a slice of its last axis, e.g. '{key}[0:2]'.")
+        return (*shape[:-1], n)
+
+    def _read(self, spec: str, t):
+        """Store key (or its columns) ``spec`` at time index ``t``."""
+        key, cols = split_key(spec)
+        x = self.buffer.data[key][t]
+        return x if cols is None else x[..., cols]
+
     def _check_store_shapes(self) -> set[str]:
         """Names whose store arrays are images; checks that a list of keys can be combined."""
         data = self.buffer.data
         images = set()
         for name, key in self.obs_keys.items():
             keys = self._as_list(key)
-            is_image = [data[k].ndim == 4 for k in keys]
-            shapes = {k: tuple(data[k].shape[1:]) for k in keys}
+            is_image = [data[split_key(k)[0]].ndim == 4 for k in keys]
+            shapes = {k: self._per_step_shape(k) for k in keys}
             if all(is_image):
                 images.add(name)
+                if any(split_key(k)[1] is not None for k in keys):
+                    raise DatasetError(f"obs_keys['{name}'] = {key!r} takes columns of an image array; columns "
+                                       f"('key[a:b]') apply to low-dim arrays only.")
                 dtypes = {k: str(data[k].dtype) for k in keys}
                 if len(set(shapes.values())) > 1 or len(set(dtypes.values())) > 1:
                     raise DatasetError(
@@ -324,12 +365,12 @@ class SequenceDataset(torch.utils.data.Dataset):
         for name, key in self.obs_keys.items():
             keys = self._as_list(key)
             if name in self._image_keys:
-                h, w, c = data[keys[0]].shape[1:]
+                h, w, c = data[split_key(keys[0])[0]].shape[1:]
                 obs[name] = [c, h, w] if isinstance(key, str) else [len(keys), c, h, w]
             elif isinstance(key, str):
-                obs[name] = list(data[key].shape[1:])
+                obs[name] = list(self._per_step_shape(key))
             else:
-                shapes = [tuple(data[k].shape[1:]) or (1,) for k in keys]
+                shapes = [self._per_step_shape(k) or (1,) for k in keys]
                 obs[name] = [*shapes[0][:-1], sum(s[-1] for s in shapes)]
         shapes = {"obs": obs, "steps": {name: len(offs) for name, offs in self.key_offsets.items()}}
         if self.action_key:
@@ -343,7 +384,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         data = self.buffer.data
         key = self.obs_keys[name]
         if isinstance(key, str):
-            x = data[key][t]
+            x = self._read(key, t)
             return np.moveaxis(x, -1, -3) if name in self._image_keys else x
         if name in self._image_keys:
             out = None
@@ -355,8 +396,8 @@ class SequenceDataset(torch.utils.data.Dataset):
             return out
         parts = []
         for k in key:
-            x = data[k][t]
-            parts.append(x[..., None] if data[k].ndim == 1 else x)
+            x = self._read(k, t)
+            parts.append(x[..., None] if data[split_key(k)[0]].ndim == 1 else x)
         return np.concatenate(parts, axis=-1)
 
     def inside_episode(self, name: str) -> np.ndarray:

@@ -20,18 +20,18 @@ from dp.data.integrity import (
     read_failures,
     step_blocks,
 )
+from dp.data.frames import float_frames_problem, is_frames
 from dp.data.replay_buffer import ReplayBuffer
 
 # Expected dtype kinds for the keys dp writes ("f" float, "u" unsigned, "i" signed int).
 EXPECTED_KINDS = {
     "action": "f",
     "state": "f",
-    "img": "u",
-    "image": "u",
+    "img": "uf",  # uint8, or float holding 0..255 (diffusion_policy's PushT store; dp/data/frames.py)
+    "image": "uf",
     "task_id": "iu",
 }
 IMAGE_KEYS = ("img", "image")
-IMAGE_CHANNELS = (1, 3, 4)  # what ReplayBuffer stores as images (one frame per chunk)
 
 
 @dataclass
@@ -89,18 +89,18 @@ def find_problems(
             )
         kinds = EXPECTED_KINDS.get(key)
         if kinds and np.dtype(arr.dtype).kind not in kinds:
-            want = {"f": "a float type", "u": "uint8", "iu": "an integer type"}[kinds]
+            want = {"f": "a float type", "uf": "uint8 (or float holding 0..255)", "iu": "an integer type"}[kinds]
             problems.append(Problem(name, f"dtype {arr.dtype}, expected {want}."))
         if key in IMAGE_KEYS:
             problems += _image_shape_problems(name, arr)
-        problems += _chunk_problems(name, arr, quick)
+        problems += _chunk_problems(name, arr, quick, frames=key in IMAGE_KEYS and is_frames(arr.shape))
     return problems
 
 
 def _image_shape_problems(name: str, arr) -> list[Problem]:
     """Images must be [T, H, W, C], channels last; a 3-D one would pass as a low-dim obs."""
     shape = tuple(arr.shape)
-    if len(shape) == 4 and shape[-1] in IMAGE_CHANNELS:
+    if is_frames(shape):
         return []
     expected = "expected images [T, H, W, C] uint8, channels last, C in 1/3/4 (dp's policies read C=3, RGB)"
     if len(shape) == 3:
@@ -110,8 +110,9 @@ def _image_shape_problems(name: str, arr) -> list[Problem]:
     return [Problem(name, f"shape {shape}; {expected}. To fix, {fix}.")]
 
 
-def _chunk_problems(name: str, arr, quick: bool) -> list[Problem]:
-    """Missing chunks, and unless ``quick`` unreadable chunks and the first NaN/inf step."""
+def _chunk_problems(name: str, arr, quick: bool, frames: bool = False) -> list[Problem]:
+    """Missing chunks, and unless ``quick`` unreadable chunks, the first NaN/inf step and (float
+    ``frames``) values that do not read as 0..255."""
     problems = []
     if isinstance(arr, zarr.Array) and every_chunk_expected(arr):
         missing = missing_chunks(arr)
@@ -121,6 +122,7 @@ def _chunk_problems(name: str, arr, quick: bool) -> list[Problem]:
         return problems
     unreadable, nonfinite = [], None
     is_float = np.dtype(arr.dtype).kind == "f"
+    lo, hi = np.inf, -np.inf
     for s, e in step_blocks(arr):
         try:
             block = np.asarray(arr[s:e])
@@ -133,10 +135,14 @@ def _chunk_problems(name: str, arr, quick: bool) -> list[Problem]:
             finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
             if not finite.all():
                 nonfinite = s + int(np.flatnonzero(~finite)[0])
+        if is_float and frames and block.size:
+            lo, hi = min(lo, float(np.nanmin(block))), max(hi, float(np.nanmax(block)))
     if unreadable:
         problems.append(Problem(name, describe_unreadable(unreadable)))
     if nonfinite is not None:
         problems.append(Problem(name, f"non-finite value (NaN or inf) at step {nonfinite}."))
+    if is_float and frames and np.isfinite(lo) and (why := float_frames_problem(lo, hi)):
+        problems.append(Problem(name, why))
     return problems
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from dp.errors import ConfigError
+from dp.keys import split_key
 
 
 class ObservationHistory:
@@ -39,13 +40,12 @@ class ObservationHistory:
 
     def push(self, obs: dict) -> None:
         """One step for every batch row: {key: array [B, ...]} (env units, images HWC)."""
-        missing = [s for k in self.keys for s in self.sources[k] if s not in obs]
+        missing = [s for k in self.keys for s in self.sources[k] if split_key(s)[0] not in obs]
         if missing:
             raise ConfigError(f"the observation lacks {missing}: this policy reads {self.sources}, got {sorted(obs)}.")
         step = {}
         for k in self.keys:
-            parts = [torch.as_tensor(obs[s] if isinstance(obs[s], torch.Tensor) else np.asarray(obs[s]))
-                     for s in self.sources[k]]
+            parts = [_read(obs, s) for s in self.sources[k]]
             if k in self.cameras:
                 if any(x.dim() != 4 for x in parts):
                     raise ConfigError(f"camera {k!r}: expected [B, H, W, C] (channels last) from "
@@ -74,3 +74,11 @@ class ObservationHistory:
         if self.instruction is not None:
             out["instruction"] = list(self.instruction)
         return out
+
+
+def _read(obs: dict, spec: str) -> torch.Tensor:
+    """Env key (or its columns, ``"state[0:2]"``) of a batched observation, as a tensor."""
+    key, cols = split_key(spec)
+    x = obs[key]
+    x = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    return x if cols is None else x[..., cols]

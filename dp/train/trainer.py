@@ -67,6 +67,26 @@ def obs_keys_for(task_cfg) -> dict:
     raise ConfigError(f"task.obs must be 'state' or 'image' (or set task.obs_keys), got {obs!r}.")
 
 
+def derived_agent_pos(obs_keys: dict, task_cfg, path: Path) -> dict:
+    """An image policy reads ``agent_pos``. A store that lacks it but has ``state`` (diffusion_policy's
+    PushT store) gets ``agent_pos = state[0:P]``, P the task's proprioceptive dims (the head of
+    ``state``, as dp.envs lays it out); the env gives the same columns at run time."""
+    if task_cfg.get("obs_keys") or obs_keys.get("agent_pos") != "agent_pos":
+        return obs_keys
+    from dp import envs
+    from dp.data import ReplayBuffer
+
+    keys = ReplayBuffer.open(path).keys()
+    if "agent_pos" in keys or "state" not in keys:
+        return obs_keys
+    env = envs.make(envs.task_set(task_cfg.env)[0])
+    proprio = int(env.unwrapped.proprio_dims)
+    env.close()
+    print(f"{path} has no data/agent_pos: agent_pos = state[0:{proprio}] (the first {proprio} numbers of "
+          f"{task_cfg.env}'s state are the robot's own; set task.obs_keys to choose otherwise)")
+    return {**obs_keys, "agent_pos": f"state[0:{proprio}]"}
+
+
 def shape_meta_of(dataset: SequenceDataset | MixtureDataset | CoTrainDataset) -> dict:
     shapes = dataset.sample_shapes()  # images channels first
     if isinstance(dataset, MixtureDataset):  # unified space: the embodiments index the normalizers
@@ -99,7 +119,8 @@ def open_dataset(cfg) -> SequenceDataset | MixtureDataset | CoTrainDataset:
         )
     dataset = SequenceDataset(
         path, horizon=p.horizon, n_obs_steps=p.n_obs_steps, n_action_steps=p.n_action_steps,
-        obs_keys=obs_keys_for(cfg.task), val_ratio=cfg.training.val_ratio, seed=cfg.seed,
+        obs_keys=derived_agent_pos(obs_keys_for(cfg.task), cfg.task, path), val_ratio=cfg.training.val_ratio,
+        seed=cfg.seed,
         max_train_episodes=cfg.training.get("max_train_episodes"),
         key_offsets=OmegaConf.to_container(p.key_offsets, resolve=True) if p.get("key_offsets") else None,
     )
