@@ -101,11 +101,14 @@ def _write_robomimic(path, lengths=(5, 3, 4)):
             demo = {
                 "actions": rng.normal(size=(L, 7)).astype(np.float64),
                 "robot0_eef_pos": rng.normal(size=(L, 3)),
+                "robot0_eef_quat": rng.normal(size=(L, 4)),
+                "robot0_gripper_qpos": rng.normal(size=(L, 2)),
                 "object": rng.normal(size=(L, 10)),
                 "agentview_image": rng.integers(0, 256, size=(L, 8, 8, 3), dtype=np.uint8),
+                "robot0_eye_in_hand_image": rng.integers(0, 256, size=(L, 8, 8, 3), dtype=np.uint8),
             }
             g.create_dataset("actions", data=demo["actions"])
-            for k in ("robot0_eef_pos", "object", "agentview_image"):
+            for k in [k for k in demo if k != "actions"]:
                 g.create_dataset(f"obs/{k}", data=demo[k])
             demos[n] = demo
     return demos
@@ -115,13 +118,19 @@ def test_import_robomimic(tmp_path, capsys):
     src = tmp_path / "lift.hdf5"
     demos = _write_robomimic(src)
     dst = tmp_path / "lift.zarr"
-    rc = dp_data(
-        ["import-robomimic", str(src), str(dst), "--state-keys", "robot0_eef_pos,object", "--image-key", "agentview_image"]
-    )
+    rc = dp_data(["import-robomimic", str(src), str(dst), "--state-keys", "robot0_eef_pos,object"])
     assert rc == 0, capsys.readouterr().err
     buf = ReplayBuffer.open(dst)
     assert buf.episode_ends.tolist() == [4, 7, 12]  # demo_0 (4), demo_2 (3), demo_10 (5)
-    assert buf["state"].shape == (12, 13) and buf["img"].dtype == np.uint8
+    assert buf["state"].shape == (12, 13)
+    # each camera once, under its robomimic name; agent_pos as dp's robosuite tasks observe it
+    assert "img" not in buf and buf["agentview_image"].dtype == np.uint8 and "robot0_eye_in_hand_image" in buf
+    assert buf.attrs["cameras"] == ["agentview_image", "robot0_eye_in_hand_image"]
+    np.testing.assert_allclose(buf.get_episode(0)["agent_pos"], np.concatenate(
+        [demos[0][k] for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")], 1), rtol=1e-6)
+    ds = SequenceDataset(dst, horizon=4, n_obs_steps=2, n_action_steps=2,
+                         obs_keys={"image": ["agentview_image", "robot0_eye_in_hand_image"], "agent_pos": "agent_pos"})
+    assert ds.sample_shapes()["obs"] == {"image": [2, 3, 8, 8], "agent_pos": [9]}
     np.testing.assert_allclose(buf.get_episode(2)["action"], demos[10]["actions"], rtol=1e-6)
     np.testing.assert_allclose(
         buf.get_episode(1)["state"], np.concatenate([demos[2]["robot0_eef_pos"], demos[2]["object"]], 1), rtol=1e-6

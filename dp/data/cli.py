@@ -2,7 +2,7 @@
 
     dp-data info PATH [--json]
     dp-data validate PATH [--require KEY ...] [--quick]
-    dp-data import-robomimic IN.hdf5 OUT.zarr [--state-keys a,b] [--image-key agentview_image]
+    dp-data import-robomimic IN.hdf5 OUT.zarr [--state-keys a,b]
 """
 from __future__ import annotations
 
@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("--state-keys", default="", help="comma-separated obs keys to concatenate into data/state")
-    p.add_argument("--image-key", default=None, help="obs key to copy into data/img (uint8 [T,H,W,3])")
     p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             from dp.data.robomimic import import_robomimic
 
             keys = [k for k in args.state_keys.split(",") if k]
-            out = import_robomimic(args.src, args.dst, keys, args.image_key, args.overwrite)
+            out = import_robomimic(args.src, args.dst, keys, args.overwrite)
             print(f"Imported {out.n_episodes} episodes ({out.n_steps} steps) to {args.dst}: keys {out.keys()}")
     except Exception as e:  # noqa: BLE001 - a user error ends with its message, anything else is re-raised
         from dp.cli_errors import EXIT_USER_ERROR, user_error_message

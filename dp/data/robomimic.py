@@ -6,9 +6,13 @@ robomimic layout (how most public robosuite demonstrations ship)::
       demo_<N>/actions         [T, A]
       demo_<N>/obs/<key>       [T, ...]   low-dim vectors and uint8 camera images
 
-Output: ``data/action``, every obs key as ``data/<key>``; with ``state_keys`` also
-``data/state`` (those keys concatenated, float32) and with ``image_key`` also
-``data/img``. Demos are written in numeric order (demo_2 before demo_10).
+Output: ``data/action`` and every obs key once, under its robomimic name (cameras too:
+``data/agentview_image``, ``data/robot0_eye_in_hand_image``; a policy maps them with
+``task.obs_keys``, e.g. ``{image: agentview_image, agent_pos: agent_pos}``). ``data/agent_pos`` is
+written when the file has the robots' ``robot{i}_eef_pos``, ``_eef_quat`` and ``_gripper_qpos``: their
+concatenation, the proprioception dp's robosuite tasks observe as ``agent_pos``. With ``state_keys``
+also ``data/state`` (those keys concatenated, float32). Demos are written in numeric order (demo_2
+before demo_10).
 """
 from __future__ import annotations
 
@@ -32,11 +36,22 @@ def _demo_number(name: str) -> int:
     return int(m.group(1))
 
 
+def proprio_keys(obs: dict) -> list[str]:
+    """robomimic's proprioception keys, robot by robot, in dp's ``agent_pos`` order (empty when robot0's
+    eef pose or gripper is absent)."""
+    keys = []
+    for i in range(8):
+        arm = [f"robot{i}_eef_pos", f"robot{i}_eef_quat", f"robot{i}_gripper_qpos"]
+        if not all(k in obs for k in arm):
+            break
+        keys += arm
+    return keys
+
+
 def import_robomimic(
     src: str | os.PathLike,
     dst: str | os.PathLike,
     state_keys: list[str] | None = None,
-    image_key: str | None = None,
     overwrite: bool = False,
 ) -> ReplayBuffer:
     import h5py
@@ -66,10 +81,9 @@ def import_robomimic(
                     episode["state"] = np.concatenate(
                         [obs[k].reshape(len(obs[k]), -1).astype(np.float32) for k in state_keys], axis=1
                     )
-                if image_key:
-                    if image_key not in obs:
-                        raise DatasetError(f"{src}: data/{name}/obs has no image key '{image_key}'; it has {sorted(obs)}.")
-                    episode["img"] = obs[image_key].astype(np.uint8)
+                proprio = proprio_keys(obs)
+                if proprio:
+                    episode["agent_pos"] = np.concatenate([obs[k].astype(np.float32) for k in proprio], axis=1)
                 out.add_episode(episode)
             env_args = f["data"].attrs.get("env_args")
             out.attrs.update(
@@ -79,6 +93,8 @@ def import_robomimic(
                     "demos": demos,
                     "env_args": json.loads(env_args) if isinstance(env_args, (str, bytes)) else None,
                     "state_keys": list(state_keys or []),
+                    "agent_pos_keys": proprio_keys(obs),
+                    "cameras": sorted(k for k, v in obs.items() if v.ndim == 4),
                 }
             )
             validate(out)
