@@ -22,7 +22,7 @@ def test_an_installed_wheel_runs_dp_train_from_another_directory(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         metadata = z.read(next(n for n in z.namelist() if n.endswith("METADATA"))).decode()
     extras = {line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Provides-Extra: ")}
-    assert {"robosuite", "metaworld", "pusht", "language", "wandb", "test", "all"} <= extras
+    assert {"robosuite", "metaworld", "pusht", "language", "wandb", "lerobot", "test", "all"} <= extras
     assert "Requires-Dist: torch>=2.6" in metadata and "Requires-Dist: mujoco==3.3.0; extra == \"robosuite\"" in metadata
     site = tmp_path / "site"
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, timeout=300)

@@ -3,6 +3,8 @@
     dp-data info PATH [--json]
     dp-data validate PATH [--require KEY ...] [--quick]
     dp-data import-robomimic IN.hdf5 OUT.zarr [--state-keys a,b]
+    dp-data import-lerobot DIR OUT.zarr        # a LeRobotDataset (v3.0) directory
+    dp-data export-lerobot IN.zarr DIR [--fps 10] [--robot-type NAME]
 """
 from __future__ import annotations
 
@@ -72,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst")
     p.add_argument("--state-keys", default="", help="comma-separated obs keys to concatenate into data/state")
     p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("import-lerobot", help="LeRobotDataset v3.0 directory (parquet + mp4) -> zarr")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--overwrite", action="store_true")
+    p = sub.add_parser("export-lerobot", help="zarr -> LeRobotDataset v3.0 directory (parquet + AV1 mp4)")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--fps", type=float, default=None, help="frames per second (default: the store's, else 10)")
+    p.add_argument("--robot-type", default=None)
+    p.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
     try:
@@ -94,6 +106,17 @@ def main(argv: list[str] | None = None) -> int:
             keys = [k for k in args.state_keys.split(",") if k]
             out = import_robomimic(args.src, args.dst, keys, args.overwrite)
             print(f"Imported {out.n_episodes} episodes ({out.n_steps} steps) to {args.dst}: keys {out.keys()}")
+        elif args.cmd == "import-lerobot":
+            from dp.data.lerobot import import_lerobot
+
+            out = import_lerobot(args.src, args.dst, args.overwrite)
+            print(f"Imported {out.n_episodes} episodes ({out.n_steps} steps) to {args.dst}: keys {out.keys()}")
+        elif args.cmd == "export-lerobot":
+            from dp.data.lerobot import export_lerobot
+
+            info = export_lerobot(args.src, args.dst, args.fps, args.robot_type, args.overwrite)
+            print(f"Exported {info['total_episodes']} episodes ({info['total_frames']} frames, {info['fps']:g} fps) "
+                  f"to {args.dst}: features {sorted(info['features'])}")
     except Exception as e:  # noqa: BLE001 - a user error ends with its message, anything else is re-raised
         from dp.cli_errors import EXIT_USER_ERROR, user_error_message
 
