@@ -39,7 +39,8 @@ from dp.errors import UserError
 # plugins.* state names). Older formats load: DenoisingPolicy renames their state keys. Newer ones are refused.
 FORMAT_VERSION = 3
 LATEST = "latest"
-REQUIRED = ("weights.safetensors", "config.yaml", "train_state.pt", "meta.json")
+REQUIRED = ("weights.safetensors", "config.yaml", "meta.json")  # what loading a policy reads
+RESUME = "train_state.pt"  # and what resuming also needs (a save_pretrained directory has none)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -66,11 +67,8 @@ def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, schedu
             save_file(_tensors(ema_policy.state_dict()), tmp / "ema.safetensors")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    **train_state}, tmp / "train_state.pt")
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(tmp.iterdir())}
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "dp_version": dp.__version__,
-                                                   "format": FORMAT_VERSION, "files": files}))
-        fsync_tree(tmp)
+                    **train_state}, tmp / RESUME)
+        _write_meta(tmp, step)
     except (OSError, SafetensorError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"could not write checkpoint {root / name} ({str(e).splitlines()[0]}); the checkpoints "
@@ -92,16 +90,49 @@ def save_checkpoint(root: Path, step: int, policy, ema_policy, optimizer, schedu
     return final
 
 
+def _write_meta(folder: Path, step: int) -> None:
+    """meta.json: the step, dp's version, the format, each file's size and sha256; then fsync the folder."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in sorted(folder.iterdir())}
+    (folder / "meta.json").write_text(json.dumps({"step": step, "dp_version": dp.__version__,
+                                                  "format": FORMAT_VERSION, "files": files}))
+    fsync_tree(folder)
+
+
+def save_pretrained(directory: str | os.PathLike, policy, config: dict, step: int = 0) -> Path:
+    """A policy to share: config.yaml, weights.safetensors (normalizer included), meta.json (sizes,
+    sha256) and a README.md model card; no optimizer state. Written beside ``directory`` and renamed
+    into place, so a failed save leaves what was there."""
+    out = Path(directory)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(_tensors(policy.state_dict()), tmp / "weights.safetensors")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        task = (config.get("task") or {}).get("name", "?")
+        (tmp / "README.md").write_text(
+            f"---\nlibrary_name: dp\ntags: [robotics, diffusion-policy]\n---\n\n# {type(policy).__name__} ({task})\n\n"
+            f"A dp policy ({policy.num_parameters() / 1e6:.2f}M parameters), trained {step} steps.\n\n"
+            f"```python\nfrom dp.policies import Policy\npolicy = Policy.from_pretrained(\"<this repo or directory>\")\n```\n")
+        _write_meta(tmp, step)
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 # ------------------------------------------------------------------ integrity
-def problems_of(ckpt: Path, checksums: bool = True) -> list[str]:
-    """Why ``ckpt`` is not a complete checkpoint; [] when it is.
+def problems_of(ckpt: Path, checksums: bool = True, resume: bool = False) -> list[str]:
+    """Why ``ckpt`` is not a complete checkpoint (``resume``: one training can continue from); [] when it is.
 
     Complete: every required file present, meta.json readable, each safetensors header
     readable, and (format >= 2, ``checksums``) every file's size and sha256 as meta.json lists."""
     ckpt = Path(ckpt)
     if not ckpt.is_dir():
         return [f"{ckpt} is not a directory" + (" (a dangling link)" if ckpt.is_symlink() else "")]
-    missing = [f for f in REQUIRED if not (ckpt / f).is_file()]
+    missing = [f for f in (*REQUIRED, *([RESUME] if resume else [])) if not (ckpt / f).is_file()]
     if missing:
         return [f"missing {', '.join(missing)}"]
     try:
@@ -156,7 +187,7 @@ def newest_complete(root: Path) -> tuple[Path | None, list[str]]:
         if cand in seen:
             continue
         seen.add(cand)
-        problems = problems_of(cand)
+        problems = problems_of(cand, resume=True)
         if not problems:
             return cand, skipped
         skipped.append(f"{cand.name}: {'; '.join(problems)}")
@@ -249,5 +280,8 @@ def load_train_state(path: Path) -> tuple[dict, dict, dict]:
     ckpt = resolve(path)
     weights = load_tensors(ckpt / "weights.safetensors")
     ema = load_tensors(ckpt / "ema.safetensors") if (ckpt / "ema.safetensors").exists() else None
-    state = torch.load(ckpt / "train_state.pt", weights_only=True)
+    if not (ckpt / RESUME).is_file():
+        raise CheckpointError(f"{ckpt} has no {RESUME}: it is a shared policy (save_pretrained), which loads for "
+                              f"evaluation and fine-tuning (training.init_from={ckpt}), not for resuming a run.")
+    state = torch.load(ckpt / RESUME, weights_only=True)
     return weights, ema, state

@@ -35,3 +35,13 @@ def test_the_inference_floor_counts_the_predictions_matrix_products():
     assert {"matmul", "attention"} <= classes and wall > 0
     assert abs(sum(r["ms_per_prediction"] for r in rows) - wall) < 0.05 * wall or \
         sum(r["ms_per_prediction"] for r in rows) >= wall  # the table accounts for the whole prediction
+
+
+def test_the_eval_envs_benchmark_times_every_configuration(tmp_path):
+    from dp.bench.eval_envs import CONFIGS, run
+    from train_helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "run")
+    rows = run(str(tmp_path / "run"), episodes=2, rounds=1)
+    assert [(r["n_envs"], r["vector"]) for r in rows] == CONFIGS
+    assert rows[0]["ratio_to_1_sync"] == 1.0 and all(r["episodes_per_s"] > 0 for r in rows)

@@ -8,6 +8,7 @@ from dp.cli_errors import user_errors_exit
 
 BENCHMARKS = {
     "dataset": "dp.bench.dataset",
+    "eval_envs": "dp.bench.eval_envs",
     "inference": "dp.bench.inference",
     "latency": "dp.bench.latency",
     "mode": "dp.bench.mode",
@@ -29,16 +30,18 @@ def main(argv: list[str] | None = None) -> None:
                              "written as <name>_cuda.json beside the CPU ones")
     parser.add_argument("--checkpoint", default=None,
                         help="mode / video_sparse: time a trained checkpoint (policy=mode: its routes; "
-                             "policy=video: also PSNR dense vs sparse) instead of random weights")
+                             "policy=video: also PSNR dense vs sparse) instead of random weights; eval_envs: "
+                             "the checkpoint dp-eval rolls out")
     parser.add_argument("--against", default=None,
                         help="versus, inference: another checkout to time batch-1 latency against, interleaved")
     args = parser.parse_args(argv)
-    names = args.names or [n for n in BENCHMARKS if n != "versus"]
+    names = args.names or [n for n in BENCHMARKS if n not in ("versus", "eval_envs")]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
-    if args.checkpoint and len(names) != 1 or args.checkpoint and names[0] not in ("mode", "video_sparse"):
-        parser.error("--checkpoint applies to one benchmark, mode or video_sparse: dp-bench mode --checkpoint PATH")
+    if args.checkpoint and len(names) != 1 or args.checkpoint and names[0] not in ("mode", "video_sparse", "eval_envs"):
+        parser.error("--checkpoint applies to one benchmark, mode, video_sparse or eval_envs: "
+                     "dp-bench mode --checkpoint PATH")
     if "versus" in names and args.against is None or args.against is not None and set(names) - {"versus", "inference"}:
         parser.error("dp-bench versus --against PATH (and --against only with versus or inference)")
     with user_errors_exit():

@@ -8,6 +8,7 @@ import torch
 
 from dp.errors import ConfigError
 from dp.eval.plots import latency_histogram
+from dp.eval.env_batch import VECTOR_MODES
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
 from dp.checkpoint import checkpoint_rollouts, load_config, resolve
 from dp.policies.registry import load_policy
@@ -15,11 +16,14 @@ from dp.policies.registry import load_policy
 
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
                         n_videos: int = 4, ema: bool = True, device: str = "cpu", seed: int = 0,
-                        sampler: dict | None = None, max_steps: int | None = None, progress: bool = True) -> dict:
+                        sampler: dict | None = None, max_steps: int | None = None, progress: bool = True,
+                        vector: str = "sync") -> dict:
     for name, value in (("n_episodes", n_episodes), ("n_envs", n_envs), ("n_videos", n_videos)):
         least = 0 if name == "n_videos" else 1
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
             raise ConfigError(f"{name}: expected an integer >= {least}, found {value!r}.")
+    if vector not in VECTOR_MODES:
+        raise ConfigError(f"vector: expected one of {list(VECTOR_MODES)}, found {vector!r}.")
     ckpt = resolve(checkpoint)
     cfg = load_config(ckpt)
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "eval"
@@ -36,7 +40,7 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         actor = policy.driver(r["embodiment"]) if r["embodiment"] else policy
         result = run_episodes(actor, r["task"], seeds, r["env_options"], n_envs=n_envs, max_steps=max_steps,
                               n_videos=n_videos, video_dir=out / "videos" / r["label"] if r["embodiment"] else
-                              out / "videos", progress=progress)
+                              out / "videos", progress=progress, vector=vector)
         results.append({**result, "task": r["label"]})
     summary = summarize(results)
     per_task = [v["success_rate"] for v in summary["per_task"].values()]

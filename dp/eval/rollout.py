@@ -1,6 +1,7 @@
 """Roll a policy out in its task's simulated envs and measure it.
 
-Episodes run in lockstep batches of ``n_envs`` environments, one batch row per env: each
+Episodes run in lockstep batches of ``n_envs`` environments (in this process, or each in its own
+subprocess with ``vector=async``), one batch row per env: each
 step every env's observation goes to ``policy.select_action``, which keeps the observation
 history (``n_obs_steps`` frames, the first repeated at episode start as diffusion_policy's
 MultiStepWrapper does) and predicts a chunk for all rows every ``n_action_steps`` steps.
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dp.constants import EVAL_SEED_BASE
+from dp.eval.env_batch import EnvBatch
 from dp.eval.metrics import percentiles, wilson_interval
 
 
@@ -41,32 +43,38 @@ def run_episodes(
     n_videos: int = 0,
     video_dir: str | Path | None = None,
     progress: bool = True,
+    vector: str = "sync",
 ) -> dict:
     """Roll out ``policy`` on ``task`` once per seed through ``policy.select_action`` (the policy keeps
-    the observation history). Returns per-episode results and the latency of each prediction."""
-    from dp import envs
-
+    the observation history). ``vector``: ``sync`` steps the ``n_envs`` envs in this process, ``async``
+    each in its own subprocess (``EnvBatch``). Returns per-episode results and the latency of each
+    prediction."""
     env_options = dict(env_options or {})
     episodes, latencies, frames_out = [], [], []
     fps = None  # the env's control rate (env.step calls per simulated second): videos play in real time
     bar = tqdm(total=len(seeds), desc=f"eval {task}", unit="ep", disable=not progress)
     policy.eval()
+    batch = None
     for lo in range(0, len(seeds), n_envs):
         batch_seeds = seeds[lo : lo + n_envs]
-        env_list = [envs.make(task, **env_options) for _ in batch_seeds]
-        instruction = getattr(env_list[0].unwrapped, "instruction", "")
-        fps = fps or env_fps(env_list[0])
-        n = len(env_list)
+        n = len(batch_seeds)
+        # in-process envs are made fresh per batch; subprocesses are kept while the batch size holds (a spawn
+        # costs about a second: each imports the simulator)
+        if batch is not None and (vector == "sync" or batch.n != n):
+            batch.close()
+            batch = None
+        batch = batch or EnvBatch(task, env_options, n, vector)
+        instruction = batch.instruction
+        fps = fps or env_fps(batch.probe)
         done, success, length, nonfinite = [False] * n, [False] * n, [0] * n, [False] * n
-        last_info: list[dict] = [{} for _ in env_list]
+        last_info: list[dict] = [{} for _ in range(n)]
         record = [lo + i < n_videos for i in range(n)]
-        frames = [[] for _ in env_list]
-        current = []  # each env's latest observation; a finished env keeps its last one
-        for env, seed, rec, fr in zip(env_list, batch_seeds, record, frames):
-            current.append(env.reset(seed=seed)[0])
-            if rec:
-                fr.append(env.render())
-        limit = max_steps or min(getattr(e.unwrapped, "max_episode_steps", 10_000) or 10_000 for e in env_list)
+        frames = [[] for _ in range(n)]
+        current = batch.reset(batch_seeds)  # each env's latest observation; a finished env keeps its last one
+        for fr, frame in zip(frames, batch.render(record)):
+            if frame is not None:
+                fr.append(frame)
+        limit = max_steps or batch.max_episode_steps
         policy.reset()
         # every env keeps its batch row for the whole episode (finished ones included, their actions
         # unused): the policy holds per-row state (observation history, episode noise)
@@ -79,31 +87,37 @@ def run_episodes(
             if predicts:
                 latencies.append(time.perf_counter() - t0)
             finite = np.isfinite(action.reshape(n, -1)).all(axis=1)
-            for i in (i for i in range(n) if not done[i]):
-                if not finite[i]:  # a failure, reported; the env never receives it
-                    nonfinite[i] = done[i] = True
+            for i in (i for i in range(n) if not done[i] and not finite[i]):
+                nonfinite[i] = done[i] = True  # a failure, reported; the env never receives it
+            active = [not d for d in done]
+            for i, result in enumerate(batch.step(action, active)):
+                if result is None:
                     continue
-                current[i], _, terminated, truncated, info = env_list[i].step(action[i])
+                current[i], _, terminated, truncated, info = result
                 last_info[i] = info
                 length[i] += 1
-                if record[i]:
-                    frames[i].append(env_list[i].render())
                 success[i] = success[i] or bool(info.get("is_success", False))
                 done[i] = bool(terminated or truncated or length[i] >= limit)
-        for i, env in enumerate(env_list):
-            scalars = {k: v for k, v in last_info[i].items() if isinstance(v, (bool, int, float, str, np.number))}
+            for i, frame in enumerate(batch.render([r and a for r, a in zip(record, active)])):
+                if frame is not None:
+                    frames[i].append(frame)
+        for i in range(n):
+            scalars = {k: v.item() if isinstance(v, np.generic) else v for k, v in last_info[i].items()
+                       if isinstance(v, (bool, int, float, str, np.number, np.bool_))}
             episodes.append({**scalars, "seed": batch_seeds[i], "success": bool(success[i]), "length": length[i],
                              "nonfinite": nonfinite[i]})
             if record[i]:
                 frames_out.append((batch_seeds[i], success[i], frames[i]))
-            env.close()
-        bar.update(len(env_list))
+        bar.update(n)
         bar.set_postfix(success=f"{np.mean([e['success'] for e in episodes]):.0%}")
+    if batch is not None:
+        batch.close()
     bar.close()
     videos = []
     if video_dir is not None and frames_out:
         videos = write_videos(frames_out, Path(video_dir), task, fps=fps)
-    return {"task": task, "episodes": episodes, "latency_s": latencies, "videos": videos, "n_envs": n_envs}
+    return {"task": task, "episodes": episodes, "latency_s": latencies, "videos": videos, "n_envs": n_envs,
+            "vector": vector}
 
 
 def env_fps(env) -> float:

@@ -146,6 +146,38 @@ class Policy(nn.Module):
 
         return load_policy(Path(path), ema=ema, device=device)
 
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None, ema: bool = True,
+                        device: str | torch.device = "cpu", cache_dir: str | None = None) -> "Policy":
+        """A policy from a local directory (a ``save_pretrained`` output, a checkpoint or a run) or from a
+        Hugging Face Hub model repo ``owner/name`` (downloaded with huggingface_hub; only config.yaml,
+        the safetensors, meta.json and README.md are fetched). Either way the files are checked against
+        meta.json and a config that names code is refused, as for any checkpoint."""
+        from dp.policies.registry import load_policy
+
+        local = Path(path_or_repo_id)
+        if not local.exists():
+            from huggingface_hub import snapshot_download
+
+            local = Path(snapshot_download(str(path_or_repo_id), revision=revision, cache_dir=cache_dir,
+                                           allow_patterns=["config.yaml", "*.safetensors", "meta.json", "README.md"]))
+        return load_policy(local, ema=ema, device=device)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """This policy's weights (normalizer included) and config, to share: ``from_pretrained`` loads it,
+        ``huggingface-cli upload OWNER/NAME DIR`` publishes it. A policy loaded from a checkpoint keeps
+        that checkpoint's whole config (task, dataset attributes), so dp-eval can roll it out."""
+        from dp.checkpoint import load_config, save_pretrained
+
+        source = getattr(self, "checkpoint_path", None)
+        config = load_config(source) if source else {"policy": self.config}
+        step = 0
+        if source and (Path(source) / "meta.json").is_file():
+            import json
+
+            step = int(json.loads((Path(source) / "meta.json").read_text()).get("step", 0))
+        return save_pretrained(save_directory, self, config, step)
+
 
 def inpaint(x0: torch.Tensor, known) -> torch.Tensor:
     """x0 [B, H, A] with ``known`` = (positions, values [B, k, A]) written in (None: x0 as is)."""
