@@ -11,6 +11,7 @@ BENCHMARKS = {
     "eval_envs": "dp.bench.eval_envs",
     "inference": "dp.bench.inference",
     "latency": "dp.bench.latency",
+    "lazy_frames": "dp.bench.lazy_frames",
     "mode": "dp.bench.mode",
     "sampling": "dp.bench.sampling",
     "rdt": "dp.bench.rdt",

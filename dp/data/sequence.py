@@ -55,6 +55,7 @@ import torch
 
 from dp.data.errors import DatasetError
 from dp.data.frames import as_uint8_frames, is_frames
+from dp.data.lazy import LazyFrames
 from dp.data.normalizer import Normalizer
 from dp.data.replay_buffer import ReplayBuffer
 from dp.keys import split_key
@@ -135,6 +136,35 @@ def _check_obs_keys(obs_keys) -> dict[str, str | list[str]]:
     return out
 
 
+def _available_bytes() -> int:
+    """Memory the OS can give without swapping (MemAvailable), or all of it where that is not known."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _lazy_frames(buffer: ReplayBuffer, keys: list[str], cache_mb) -> tuple[list[str], int]:
+    """Which image arrays to read lazily, and the cache's size in bytes. ``cache_mb``: None (every array
+    in memory), a number of MB (frames lazily, with that cache), or "auto" (lazily when the frames take
+    more than a quarter of the memory available, with a cache of an eighth of it, at most 2 GB)."""
+    if cache_mb is None or buffer.backend != "zarr":
+        return [], 0
+    frames = [k for k in keys if is_frames(tuple(buffer.data[k].shape))]
+    if cache_mb == "auto":
+        total = sum(int(np.prod(buffer.data[k].shape)) for k in frames)
+        available = _available_bytes()
+        if total <= available // 4:
+            return [], 0
+        return frames, min(2 << 30, available // 8)
+    if not isinstance(cache_mb, numbers.Number) or isinstance(cache_mb, bool) or cache_mb <= 0:
+        raise DatasetError(f"image_cache_mb must be null, 'auto' or a number of MB > 0, got {cache_mb!r}.")
+    return frames, int(cache_mb * (1 << 20))
+
+
 def _frames_as_uint8(buffer: ReplayBuffer, keys: list[str]) -> ReplayBuffer:
     """The in-memory buffer with float frames holding 0..255 read as uint8 (a copy when any is)."""
     floats = [k for k in keys if is_frames(buffer.data[k].shape) and np.dtype(buffer.data[k].dtype).kind == "f"]
@@ -185,6 +215,9 @@ class SequenceDataset(torch.utils.data.Dataset):
             ``range(-(To-1), H-(To-1))``.
         val_ratio, seed, max_train_episodes: the episode split (see ``episode_split``).
         split: "train" or "val".
+        image_cache_mb: None keeps every array in memory; a number of MB reads a store's image arrays
+            lazily (``LazyFrames``) with a cache that size; "auto" does so when the frames would take
+            more than a quarter of the memory available (``lazy_keys`` says which were).
 
     After construction ``key_offsets`` holds the resolved offsets of every name (tuples).
     """
@@ -204,6 +237,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         max_train_episodes: int | None = None,
         split: str = "train",
         key_offsets: Mapping[str, Sequence[int]] | None = None,
+        image_cache_mb: float | str | None = None,
     ):
         if split not in ("train", "val"):
             raise DatasetError(f"split must be 'train' or 'val', got {split!r}.")
@@ -236,13 +270,24 @@ class SequenceDataset(torch.utils.data.Dataset):
                 f"it has data/{buffer.keys()}. Collect with obs=image for images, or change task.obs_keys."
             )
         extra = ["task_id"] if "task_id" in buffer else []
+        lazy, cache_bytes = _lazy_frames(buffer, needed, image_cache_mb)
+        self.lazy_keys = lazy
         if buffer.backend == "zarr":
             # chunk data is read once: to_memory raises DatasetError naming a chunk that fails
             # its checksum or does not decode; the NaN scan then runs on the copy in memory.
+            # Frames read lazily are checked for presence here and decoded when first sampled.
             validate(buffer, required_keys=tuple(needed), quick=True)
-            buffer = buffer.to_memory(needed + extra)
-        validate(buffer, required_keys=tuple(needed))
-        self.buffer = _frames_as_uint8(buffer, needed)
+            store, eager = buffer, [k for k in needed + extra if k not in lazy]
+            buffer = buffer.to_memory(eager)
+            validate(buffer, required_keys=tuple(k for k in needed if k not in lazy))
+            buffer = _frames_as_uint8(buffer, eager)
+            if lazy:
+                frames = {k: LazyFrames(store.data[k], cache_bytes, f"data/{k}") for k in lazy}
+                buffer = ReplayBuffer({**buffer.data, **frames}, buffer.episode_ends, buffer.attrs, source=store.source)
+        else:
+            validate(buffer, required_keys=tuple(needed))
+            buffer = _frames_as_uint8(buffer, needed)
+        self.buffer = buffer
         self.extra_keys = extra
         self.attrs = dict(self.buffer.attrs)
 

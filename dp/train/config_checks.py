@@ -28,6 +28,7 @@ TRAINING = {
     "keep_checkpoints": (lambda v: _int(v) and v >= 1, "an integer >= 1"),
     "num_threads": (lambda v: v is None or (_int(v) and v >= 1), "an integer >= 1 or null"),
     "normalizer": (lambda v: v in ("limits", "gaussian"), "'limits' or 'gaussian'"),
+    "image_cache_mb": (lambda v: v is None or v == "auto" or (_num(v) and v > 0), "'auto', a number of MB > 0 or null"),
 }
 EVAL = {
     "every": (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: off)"),

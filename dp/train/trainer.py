@@ -123,6 +123,7 @@ def open_dataset(cfg) -> SequenceDataset | MixtureDataset | CoTrainDataset:
         seed=cfg.seed,
         max_train_episodes=cfg.training.get("max_train_episodes"),
         key_offsets=OmegaConf.to_container(p.key_offsets, resolve=True) if p.get("key_offsets") else None,
+        image_cache_mb=cfg.training.get("image_cache_mb", "auto"),
     )
     check_dataset_task(dataset.attrs, cfg.task, path)
     if cfg.task.get("video_datasets"):  # co-training on action-free video (PAD)
