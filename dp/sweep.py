@@ -1,10 +1,11 @@
 """Where one job of a hydra multirun writes (``dp-train -m seed=0,1``): every job its own output.
 
 A single run writes where the config says. In a multirun the output is suffixed with the values
-that job sweeps, named as on the command line: ``runs/toy_dit`` becomes ``runs/toy_dit_seed=0`` and
-``runs/toy_dit_seed=1``; ``data/toy.zarr`` becomes ``data/toy_seed=0.zarr``. Only swept keys name
-a job (``seed=0,1 task=toy`` gives ``_seed=0``, not ``_seed=0,task=toy``); the sweep's own files go
-to ``multirun/`` (git-ignored).
+that job sweeps, ``key-value``: ``runs/toy_dit`` becomes ``runs/toy_dit_seed-0`` and
+``runs/toy_dit_seed-1``; ``data/toy.zarr`` becomes ``data/toy_seed-0.zarr``. Only swept keys name
+a job (``seed=0,1 task=toy`` gives ``_seed-0``, not ``_seed-0_task-toy``). No ``=``, ``,`` or ``/`` in
+the name: it must pass back through a hydra override (``task.dataset_path=data/toy_seed-0.zarr``)
+unquoted. The sweep's own files go to ``multirun/`` (git-ignored).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ def job_output(path: str, argv: list[str] | None = None) -> str:
         return path
     hc = HydraConfig.get()
     keys = swept_keys(sys.argv[1:] if argv is None else argv)
-    values = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in keys]
-    tag = ",".join(values) if values else f"job{hc.job.num}"
+    values = [o.lstrip("+~").split("=", 1) for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in keys]
+    clean = lambda v: "".join(c if c.isalnum() or c in "._-" else "-" for c in v)  # noqa: E731
+    tag = "_".join(f"{k}-{clean(v)}" for k, v in values) if values else f"job{hc.job.num}"
     p = Path(path)
     suffix = p.suffix if p.suffix == ".zarr" else ""
     return str(p.with_name(f"{p.name[:len(p.name) - len(suffix)]}_{tag}{suffix}"))

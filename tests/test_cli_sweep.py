@@ -25,7 +25,7 @@ def test_a_collect_sweep_writes_one_store_per_job(tmp_path):
     done = subprocess.run([sys.executable, "-m", "dp.collect", "-m", "seed=0,7", "task=toy", "n_episodes=2",
                            f"output={out}", "progress=false"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "toy_seed=0.zarr").is_dir() and (tmp_path / "toy_seed=7.zarr").is_dir() and not out.exists()
+    assert (tmp_path / "toy_seed-0.zarr").is_dir() and (tmp_path / "toy_seed-7.zarr").is_dir() and not out.exists()
     assert (tmp_path / "multirun").is_dir()  # hydra's sweep record (git-ignored), not a job's output
 
 
@@ -37,7 +37,7 @@ def test_a_train_sweep_writes_one_run_per_job(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     for seed in (0, 1):
-        assert (tmp_path / f"run_seed={seed}" / "checkpoints" / "latest" / "weights.safetensors").is_file()
+        assert (tmp_path / f"run_seed-{seed}" / "checkpoints" / "latest" / "weights.safetensors").is_file()
     assert not run.exists()
 
 
