@@ -74,6 +74,13 @@ def test_profiling_gives_each_head_the_pattern_it_has():
     # the first calls of a prediction run dense
     state.call, state.dense_calls = 0, 1
     torch.testing.assert_close(kernel(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    # a head no pattern approximates within the tolerance runs dense: an unstructured head 1 here
+    state.call, state.dense_calls, state.tolerance = 1, 1, 0.05
+    state.reset_stats()
+    mixed_q = torch.stack([q[0, 0], torch.randn_like(q[0, 1])])[None]
+    out = kernel(mixed_q, k, v)
+    assert state.counts == {"dense": 1, "spatial": 1, "temporal": 0}
+    torch.testing.assert_close(out[:, 1], F.scaled_dot_product_attention(mixed_q, k, v)[:, 1])
 
 
 def test_patch_codec_round_trip_levels_and_size_errors():

@@ -113,6 +113,9 @@ class SparseState:
 
     dense_calls: int = 1          # network calls per prediction that run dense before sparsity starts
     sample_rows: int = 16         # query rows profiled per layer and call
+    # a head whose better pattern still misses full attention by more than this (squared error relative to
+    # full attention's output on the sampled rows) runs dense; None: every head takes a pattern
+    tolerance: float | None = None
     call: int = 0
     timing: bool = False          # accumulate profiling seconds (synchronizes on CUDA)
     profile_seconds: float = 0.0
@@ -140,25 +143,27 @@ class SparseHeadAttention:
         if self.state.call < self.state.dense_calls:
             self.state.counts["dense"] += h
             return F.scaled_dot_product_attention(q, k, v)
-        temporal = self.profile(q, k, v)
-        self.last_choice = temporal
-        n_temporal = int(temporal.sum())
-        self.state.counts["temporal"] += n_temporal
-        self.state.counts["spatial"] += h - n_temporal
-        if n_temporal == 0:
-            return spatial_attention(q, k, v, self.layout)
-        if n_temporal == h:
-            return temporal_attention(q, k, v, self.layout)
+        choice = self.profile(q, k, v)  # [heads]: 0 spatial, 1 temporal, 2 dense
+        self.last_choice = choice == 1
+        for code, name in enumerate(("spatial", "temporal", "dense")):
+            self.state.counts[name] += int((choice == code).sum())
+        kinds = [int(c) for c in torch.unique(choice)]
+        if len(kinds) == 1:
+            return PATTERN_FNS[("spatial", "temporal")[kinds[0]]](q, k, v, self.layout) if kinds[0] < 2 else \
+                F.scaled_dot_product_attention(q, k, v)
         out = torch.empty_like(q)
-        t_idx, s_idx = temporal.nonzero().flatten(), (~temporal).nonzero().flatten()
-        out[:, t_idx] = temporal_attention(q[:, t_idx], k[:, t_idx], v[:, t_idx], self.layout)
-        out[:, s_idx] = spatial_attention(q[:, s_idx], k[:, s_idx], v[:, s_idx], self.layout)
+        for code in kinds:
+            idx = (choice == code).nonzero().flatten()
+            qs, ks, vs = q[:, idx], k[:, idx], v[:, idx]
+            out[:, idx] = F.scaled_dot_product_attention(qs, ks, vs) if code == 2 else \
+                PATTERN_FNS[("spatial", "temporal")[code]](qs, ks, vs, self.layout)
         return out
 
     @torch.no_grad()
     def profile(self, q, k, v) -> torch.Tensor:
-        """[heads] bool, True where the temporal pattern is closer to full attention than the
-        spatial one on ``sample_rows`` sampled query rows (squared error summed over the batch).
+        """[heads] int: 1 where the temporal pattern is closer to full attention than the spatial one
+        (0) on ``sample_rows`` sampled query rows (squared error summed over the batch), 2 where even
+        the closer one misses by more than ``state.tolerance`` of full attention's output (dense).
         A pattern's output on a row is full attention's probabilities restricted to the pattern
         and renormalized, which is exactly the masked softmax, from one r x N score matrix."""
         timing = self.state.timing
@@ -177,7 +182,10 @@ class SparseHeadAttention:
         kept = probs * masks[:, None, None]                      # [2, B, h, r, N]: each pattern's share of it
         sparse = (kept @ v) / kept.sum(-1, keepdim=True)         # attention renormalized within the pattern
         errors = (sparse - full).float().pow(2).sum(dim=(1, 3, 4))  # [2, h]
-        choice = errors[1] < errors[0]
+        choice = (errors[1] < errors[0]).long()
+        if self.state.tolerance is not None:
+            scale = full.float().pow(2).sum(dim=(0, 2, 3)).clamp_min(1e-12)  # [h]
+            choice = torch.where(errors.min(0).values / scale > self.state.tolerance, 2, choice)
         if timing:
             if q.is_cuda:
                 torch.cuda.synchronize(q.device)
