@@ -140,10 +140,12 @@ def test_a_signal_mid_run_ends_cleanly(tmp_path, sig):
     before = signal.getsignal(sig)
     robot = SignalledRobot()
     try:
-        summary = ControlLoop(tiny_policy(), robot, LoopConfig(hz=50, mode="async", max_ticks=5000, torch_threads=1),
-                              tmp_path).run()
+        # misses never stop it (max_consecutive_misses=0): on a loaded machine they could end the run first
+        summary = ControlLoop(tiny_policy(), robot, LoopConfig(hz=50, mode="async", max_ticks=5000, torch_threads=1,
+                                                               max_consecutive_misses=0), tmp_path).run()
     finally:
-        robot.timer.cancel()
+        if hasattr(robot, "timer"):
+            robot.timer.cancel()
     with open(tmp_path / "ticks.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     check_log(summary, rows, robot)
