@@ -2,7 +2,7 @@
 # builds .venv once (stamp file) and installs the tested set (requirements.lock), torch first.
 SHELL := /bin/bash
 PY := .venv/bin/python
-TORCH := 2.13.0
+TORCH := 2.13.0  # the torch the lock is resolved against; keep equal to the pin in $(STAMP)
 STAMP := .venv/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: a cached CPU wheel; an unpinned torch pulls a multi-GB CUDA build
-	$(PY) -m pip install -q torch==$(TORCH)
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)

@@ -74,7 +74,8 @@ def build_robot(spec: dict, task: str, env_options: dict, max_steps: int | None)
     if not isinstance(robot, Robot):
         missing = [m for m in ("action_limits", "instruction", "episode", "observe", "act", "close")
                    if not hasattr(robot, m)]
-        robot.close() if hasattr(robot, "close") else None
+        if hasattr(robot, "close"):
+            robot.close()
         raise ConfigError(f"robot {spec['_target_']} lacks {missing} of the dp.control.robot.Robot protocol.")
     return robot
 

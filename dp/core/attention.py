@@ -145,9 +145,10 @@ class SparseHeadAttention:
             return F.scaled_dot_product_attention(q, k, v)
         choice = self.profile(q, k, v)  # [heads]: 0 spatial, 1 temporal, 2 dense
         self.last_choice = choice == 1
-        for code, name in enumerate(("spatial", "temporal", "dense")):
-            self.state.counts[name] += int((choice == code).sum())
-        kinds = [int(c) for c in torch.unique(choice)]
+        per_kind = torch.bincount(choice, minlength=3).tolist()  # one host read per call
+        for name, n in zip(("spatial", "temporal", "dense"), per_kind):
+            self.state.counts[name] += n
+        kinds = [code for code, n in enumerate(per_kind) if n]
         if len(kinds) == 1:
             return PATTERN_FNS[("spatial", "temporal")[kinds[0]]](q, k, v, self.layout) if kinds[0] < 2 else \
                 F.scaled_dot_product_attention(q, k, v)

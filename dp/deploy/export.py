@@ -43,7 +43,7 @@ def example_inputs(planned: PlannedPrediction, generator: torch.Generator | None
             out.append(torch.randn(shape, generator=generator))
     if planned.stateful and not planned.first:
         out.append(torch.randn(planned.state_shape, generator=generator))
-    out.append(planned.noise_scale * torch.randn(planned.noise_shape, generator=generator))
+    out.append(planned.draw_noise(generator))
     return [x.to(policy.device) for x in out]
 
 

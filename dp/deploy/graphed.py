@@ -136,6 +136,5 @@ class GraphedPrediction:
         device = self.policy.device
         tensors = [torch.as_tensor(obs[k]).to(device) for k in self.later.planned.keys]
         planned = self.later.planned
-        noise = planned.noise_scale * torch.randn(planned.noise_shape, device=device, generator=self.policy.generator) \
-            if planned.truncated else self.policy.prior_sample(self.batch)
+        noise = planned.draw_noise(self.policy.generator) if planned.truncated else self.policy.prior_sample(self.batch)
         return self(*tensors, noise)

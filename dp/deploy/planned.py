@@ -76,6 +76,12 @@ class PlannedPrediction(nn.Module):
         """The noise is this times a standard normal (truncated: the anchors' noise is standard)."""
         return 1.0 if self.truncated else self.policy.process.prior_scale()
 
+    def draw_noise(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A starting noise of ``noise_shape`` on the policy's device (truncated: the anchors' noise), drawn
+        on the generator's device."""
+        device = generator.device if generator is not None else self.policy.device
+        return (self.noise_scale * torch.randn(self.noise_shape, generator=generator, device=device)).to(self.policy.device)
+
     @property
     def state_shape(self) -> tuple[int, ...] | None:
         """The streaming buffer's shape [B, H, A] (normalized units), None for stateless samplers."""

@@ -39,13 +39,11 @@ class EnvBatch:
             self.envs = [envs.make(task, **env_options) for _ in range(n)]
             self.probe = self.envs[0]
         else:
-            import gymnasium
             from gymnasium.vector import AsyncVectorEnv, AutoresetMode
 
             self.vec = AsyncVectorEnv([lambda: envs.make(task, **env_options)] * n,
                                       autoreset_mode=AutoresetMode.SAME_STEP)
             self.probe = envs.make(task, **env_options)  # this process's copy: instruction, rates, limits
-            del gymnasium
 
     @property
     def instruction(self) -> str:
