@@ -3,18 +3,26 @@
     python scripts/gen_task_configs.py
 
 The files are committed; rerun after adding a task. Hand-edited options belong in
-EXTRA_OPTIONS below, not in the generated files.
+EXTRA_OPTIONS below, tuned settings in RECIPES (dp/recipes.py says how dp-train applies them),
+not in the generated files.
 """
 from pathlib import Path
 
 from dp import envs
 
 EXTRA_OPTIONS: dict[str, dict] = {}
+# Per task: train-config keys that differ from the defaults, each with the A/B that justified it
+# (a comment here and an entry in CHANGELOG.md). An empty recipe means the defaults were good enough.
+RECIPES: dict[str, dict] = {}
+# Demonstrations per task that a recipe assumes (dp-bench quality collects this many): the Diffusion
+# Policy benchmarks use 200 (robomimic's proficient-human sets; PushT 206); Meta-World sets 50 per task.
+DEMOS = {"mt10": 50, "mt50": 50}
+DEFAULT_DEMOS = 200
 OUT = Path(__file__).resolve().parent.parent / "dp" / "configs" / "task"
 
 
 def render(name: str, env: str, instruction: str | None) -> str:
-    opts = EXTRA_OPTIONS.get(name, {})
+    opts, recipe = EXTRA_OPTIONS.get(name, {}), RECIPES.get(name, {})
     opt_lines = "env_options: {}" if not opts else "env_options:\n" + "\n".join(f"  {k}: {v}" for k, v in opts.items())
     about = f"# {instruction}" if instruction else f"# multi-task set: {len(envs.task_set(env))} tasks"
     return (
@@ -24,7 +32,20 @@ def render(name: str, env: str, instruction: str | None) -> str:
         "obs_keys: null             # obs name -> store key(s), e.g. {state: [agent_pos, object]}; null: from obs\n"
         f"dataset_path: data/{name}.zarr\n"
         "allow_mismatch: false      # true: train even when the dataset records other task(s) than env\n"
+        f"{'demos: ' + str(DEMOS.get(name, DEFAULT_DEMOS)):<27}# demonstrations (per task of a set) the recipe assumes\n"
+        + _render_recipe(recipe)
     )
+
+
+def _render_recipe(recipe: dict) -> str:
+    head = "recipe:                    # tuned train settings; the command line wins (dp/recipes.py)"
+    if not recipe:
+        return head.replace("recipe:     ", "recipe: null") + "\n"
+    lines = [head]
+    for group, values in recipe.items():
+        lines.append(f"  {group}:")
+        lines += [f"    {k}: {v}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:

@@ -81,3 +81,5 @@ def test_a_pusht_format_zip_trains_an_image_policy_and_its_checkpoint_runs_in_th
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["episodes"] == 1 and report["nonfinite_episodes"] == 0
+    final = report["per_task"]["pusht"]  # PushT's end-of-episode figures, averaged
+    assert 0 <= final["mean_score"] <= 1 and 0 <= final["mean_coverage"] <= final["mean_score"] / 0.95 + 1e-6

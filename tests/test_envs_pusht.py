@@ -78,6 +78,27 @@ def test_expert_succeeds():
         assert ep.action.dtype == np.float32 and ep.action.min() >= 0 and ep.action.max() <= 512
 
 
+def test_score_is_the_best_clipped_coverage_so_far():
+    """Diffusion Policy's PushT figure: max over the episode of clip(coverage / 0.95, 0, 1)."""
+    env = envs.make("pusht")
+    expert = envs.expert("pusht")
+    obs, _ = env.reset(seed=0)
+    expert.reset()
+    best, scores = 0.0, []
+    for _ in range(60):
+        obs, reward, terminated, _, info = env.step(expert.act(obs))
+        best = max(best, min(info["coverage"] / 0.95, 1.0))
+        assert info["score"] == pytest.approx(best) and reward == pytest.approx(min(info["coverage"] / 0.95, 1.0))
+        scores.append(info["score"])
+        if terminated:
+            break
+    assert scores == sorted(scores) and scores[-1] > 0
+    obs, _ = env.reset(seed=1)  # a new episode starts its own maximum
+    info = env.step(obs["agent_pos"])[4]
+    assert info["score"] == pytest.approx(min(info["coverage"] / 0.95, 1.0))
+    assert info["score"] < scores[-1]
+
+
 def test_bad_options():
     with pytest.raises(TypeError, match="image_size"):
         envs.make("pusht", imagesize=64)

@@ -37,7 +37,10 @@ def test_resume_falls_back_to_the_newest_complete_checkpoint(tmp_path, capsys):
     out = capsys.readouterr().out
     assert trainer.step == 40 and f"resumed from {ckpts / 'step_00000040'} at step 40" in out
     assert "skipped" in out and "dangling" in out and "step_00000060" in out
-    trainer.run()
+    before = trainer.seconds_before  # the training time of the first 40 steps, from the checkpoint
+    assert before > 0
+    summary = trainer.run()
+    assert summary["total_seconds"] == pytest.approx(before + summary["seconds"], abs=0.05)
     np.testing.assert_allclose(_losses(run), _losses(tmp_path / "ref"), rtol=1e-6, atol=1e-7)
     assert not list(ckpts.glob(".*tmp*"))  # the dead writer's temp directory was removed
 

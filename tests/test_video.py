@@ -193,3 +193,24 @@ def test_rollout_goes_past_the_trained_clip_and_attention_is_swappable():
         outs[attention] = predict(context)
     assert not torch.allclose(outs["full"], outs["factorized"])
     assert model.config["attention"] == "sparse"
+
+
+def test_pattern_errors_measure_how_far_each_pattern_is_from_full_attention():
+    from dp.bench.video_sparse import _pattern_masks, pattern_errors, restricted_errors
+
+    layout = FrameLayout(frames=4, patches=9)
+    q, k, v = _patterned_heads(layout)  # head 0 attends within its frame, head 1 along its patch position
+    errors = restricted_errors(q, k, v, _pattern_masks(layout, n_context=2))
+    assert errors["spatial"][0] < 1e-3 < errors["spatial"][1]
+    assert errors["temporal"][1] < 1e-3 < errors["temporal"][0]
+    assert errors["spatial or temporal"].max() < 1e-3
+    # on a model: one row per pattern and the better of SVG's pair, over layers x heads x network calls
+    model = VideoPredictor({"obs": {"image": [3, 24, 24]}}, {"image": [-2, 0, 2, 4]}, patch=12, dim=32, depth=2,
+                           heads=2, sampler={"name": "ddim", "steps": 2})
+    context = torch.randint(0, 256, (2, 2, 3, 24, 24), dtype=torch.uint8)
+    rows = {r["pattern"]: r for r in pattern_errors(model, context)}
+    assert rows["spatial"]["key_density"] == pytest.approx(1 / model.layout.frames)
+    assert rows["temporal"]["key_density"] == pytest.approx(1 / model.layout.patches)
+    assert rows["better of spatial, temporal"]["median_rel_error"] <= rows["spatial"]["median_rel_error"]
+    assert rows["spatial"]["head_calls"] == 2 * 2 * 2  # layers x heads x network calls
+    assert all(b.attn.kernel is None for b in model.dit.blocks)  # the hooks are removed

@@ -1,8 +1,12 @@
-"""`dp-bench [NAME ...]`: run benchmarks and write bench/results/<name>.json."""
+"""`dp-bench [NAME ...]`: run benchmarks and write bench/results/<name>.json.
+
+`dp-bench quality --tasks ...` trains and evaluates policies over seeds (its own options:
+`dp-bench quality --help`)."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from dp.cli_errors import user_errors_exit
 
@@ -23,7 +27,15 @@ BENCHMARKS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="dp-bench", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["quality"]:
+        from dp.bench import quality
+
+        with user_errors_exit():
+            quality.main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="dp-bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*",
                         help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--device", default="cpu",

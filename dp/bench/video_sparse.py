@@ -11,7 +11,12 @@ interleaved in the same run, medians of repeats, ratios reported:
 - whole prediction: ``predict_frames`` with ``attention=full`` against ``sparse``, batch 1;
 - profiling overhead: the share of the sparse prediction spent profiling heads;
 - with ``--checkpoint``: PSNR per predicted offset of both on the run's held-out clips, and
-  the change (sparse - dense).
+  the change (sparse - dense);
+- with ``--checkpoint``: how sparse the trained heads are. For every head, layer and network
+  call of a prediction on 8 held-out clips, the relative squared error of attention restricted
+  to a pattern (and renormalized) against full attention, for SVG's two patterns and for
+  denser frame-window ones (``PATTERN_MASKS``). SVG's premise is that one of its two patterns
+  is close to full attention for nearly every head; this table says whether a model meets it.
 """
 from __future__ import annotations
 
@@ -28,6 +33,60 @@ from dp.video import VideoPredictor
 DEFAULT_OFFSETS = [-2, 0, 2, 4, 6, 8, 10, 12]
 
 
+def _pattern_masks(layout, n_context: int) -> dict[str, torch.Tensor]:
+    """[N, N] bool masks (True = may attend) of SVG's patterns and of frame-window ones with their density."""
+    idx = torch.arange(layout.n)
+    frame = idx // layout.patches
+    own, context = layout.mask("spatial"), (frame[None, :] < n_context).expand(layout.n, layout.n)
+    previous, near = frame[None, :] == frame[:, None] - 1, (frame[None, :] - frame[:, None]).abs() <= 1
+    return {"spatial": own, "temporal": layout.mask("temporal"), "spatial or temporal": own | layout.mask("temporal"),
+            "own frame + context frames": own | context, "own + previous + context frames": own | previous | context,
+            "frames within 1 + context frames": near | context}
+
+
+def restricted_errors(q, k, v, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per mask, [heads]: the squared error of attention restricted to the mask (renormalized, i.e. the
+    masked softmax) against full attention, relative to full attention's output, summed over batch and
+    rows. q, k, v [B, heads, N, d]; masks [N, N] bool."""
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    full = scores.softmax(-1) @ v
+    scale = full.float().pow(2).sum(dim=(0, 2, 3))
+    return {name: ((scores.masked_fill(~m.to(q.device), float("-inf")).softmax(-1) @ v) - full).float().pow(2)
+            .sum(dim=(0, 2, 3)) / scale for name, m in masks.items()}
+
+
+@torch.no_grad()
+def pattern_errors(model: VideoPredictor, context: torch.Tensor) -> list[dict]:
+    """Per pattern: key density, and the median relative squared error of the restricted attention against
+    full attention over every head x layer x network call of ``predict_frames(context)``, with the share of
+    head-calls under 5% and 10%, and (for SVG's pair) of the better of the two per head."""
+    masks = _pattern_masks(model.layout, model.n_context)
+    errors = {name: [] for name in masks}
+
+    def kernel(q, k, v, mask=None):
+        for name, error in restricted_errors(q, k, v, masks).items():
+            errors[name].append(error)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    model.set_attention("full")
+    for block in model.dit.blocks:
+        block.attn.kernel = kernel
+    try:
+        model.predict_frames(context)
+    finally:
+        for block in model.dit.blocks:
+            block.attn.kernel = None
+    stacked = {name: torch.cat(e).float().cpu() for name, e in errors.items()}
+    stacked["better of spatial, temporal"] = torch.minimum(stacked["spatial"], stacked["temporal"])
+    rows = []
+    for name, e in stacked.items():
+        density = masks[name].float().mean().item() if name in masks else None
+        rows.append({"pattern": name, "key_density": density, "median_rel_error": e.median().item(),
+                     "share_under_5pct": (e < 0.05).float().mean().item(),
+                     "share_under_10pct": (e < 0.1).float().mean().item(), "head_calls": e.numel()})
+    return rows
+
+
 def _model(checkpoint: str | None, device: str) -> VideoPredictor:
     if checkpoint:
         from dp.policies.registry import load_policy
@@ -38,6 +97,19 @@ def _model(checkpoint: str | None, device: str) -> VideoPredictor:
         return model
     torch.manual_seed(0)
     return VideoPredictor({"obs": {"image": [3, 84, 84]}}, {"image": DEFAULT_OFFSETS}).to(device).eval()
+
+
+def _held_out_context(checkpoint: str, model: VideoPredictor, device: str, n: int = 8) -> torch.Tensor:
+    """The context frames of ``n`` held-out clips spread over the run's validation episodes, uint8."""
+    from dp.checkpoint import load_config, resolve
+    from dp.data import collate_batch
+    from dp.eval.video import held_out_windows
+
+    windows = held_out_windows(load_config(resolve(checkpoint)), None)
+    valid = np.flatnonzero(windows.inside_episode(model.camera))
+    picks = valid[np.unique(np.linspace(0, len(valid) - 1, min(n, len(valid))).round().astype(int))]
+    clip = collate_batch(windows.get_batch(picks))["obs"][model.camera]
+    return clip[:, : model.n_context].to(device)
 
 
 def _times_ms(fn, repeats: int, device: str) -> list[float]:
@@ -122,3 +194,16 @@ def main(device: str = "cpu", checkpoint: str | None = None, rounds: int = 5, re
                                    for d, s in zip(runs["full"]["per_offset"], runs["sparse"]["per_offset"])]
     write_result(result_name("video_sparse", device), rows, ["what", "median_ms", "repeats", "speedup_vs_dense"], meta,
                  device=device)
+    if checkpoint:
+        write_pattern_errors(checkpoint, model, device)
+
+
+def write_pattern_errors(checkpoint: str, model: VideoPredictor, device: str = "cpu") -> None:
+    """bench/results/video_sparse_patterns_<run>.{json,md}: ``pattern_errors`` on the run's held-out clips."""
+    from dp.checkpoint import resolve
+
+    run = resolve(checkpoint).parent.parent.name
+    rows = pattern_errors(model, _held_out_context(checkpoint, model, device))
+    write_result(result_name(f"video_sparse_patterns_{run}", device), rows,
+                 ["pattern", "key_density", "median_rel_error", "share_under_5pct", "share_under_10pct", "head_calls"],
+                 {"weights": checkpoint, "clips": 8, "sampler": model.config.get("sampler")}, device=device)

@@ -19,7 +19,9 @@ drives the disc toward it during the 0.1 s step).
 marked by a red cross.
 
 ``info["is_success"]``: gym_pusht's criterion, more than 95% of the target covered
-by the block (``info["coverage"]`` has the fraction); the episode terminates on
+by the block (``info["coverage"]`` has the fraction). ``info["score"]`` is Diffusion Policy's
+PushT figure for the episode so far: the highest reward reached, reward being gym_pusht's
+clip(coverage / 0.95, 0, 1) (DP's "coverage" is the mean of this over episodes). The episode terminates on
 success and truncates after ``max_episode_steps`` (default 300, gym_pusht's limit).
 ``reset(seed=s)`` seeds gym_pusht's generator: the same seed, the same start (agent
 and block positions uniform, block angle uniform in [-pi, pi)); unseeded resets
@@ -105,7 +107,7 @@ class PushTDictEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         state, _ = self._env.reset(seed=seed, options=options)
-        self._t = 0
+        self._t, self._score = 0, 0.0
         return self._obs(state), {"is_success": False, "instruction": self.instruction}
 
     def step(self, action):
@@ -114,7 +116,8 @@ class PushTDictEnv(gym.Env):
         self._t += 1
         success = bool(pinfo["is_success"])
         truncated = self._t >= self.max_episode_steps and not success
-        info = {"is_success": success, "coverage": float(pinfo["coverage"])}
+        self._score = max(self._score, float(reward))
+        info = {"is_success": success, "coverage": float(pinfo["coverage"]), "score": self._score}
         return self._obs(state), float(reward), success, truncated, info
 
     def render(self) -> np.ndarray:

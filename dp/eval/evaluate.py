@@ -53,8 +53,9 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         "seeds": [seeds[0], seeds[-1]],
         "videos": [v for r in results for v in r["videos"]],
     })
-    if getattr(policy.sampler, "rows", 0):  # truncated sampling: how often rows fell back to full sampling
-        summary["fallback_rate"] = policy.sampler.fallbacks / policy.sampler.rows
+    sampler = getattr(policy, "sampler", None)  # none for a policy that does not denoise (mlp_bc)
+    if getattr(sampler, "rows", 0):  # truncated sampling: how often rows fell back to full sampling
+        summary["fallback_rate"] = sampler.fallbacks / sampler.rows
     lat = [x * 1000 for r in results for x in r["latency_s"]]
     summary["latency_histogram"] = str(latency_histogram(lat, out / "latency.png",
                                                          f"predict_action latency (batch {n_envs})"))
@@ -84,6 +85,12 @@ def report_markdown(s: dict) -> str:
     for task, v in s["per_task"].items():
         lines.append(f"| {task} | {v['success_rate']:.1%} | {v['episodes']} | "
                      f"{v['wilson95'][0]:.1%}-{v['wilson95'][1]:.1%} | {v['mean_length']:.0f} |")
+    means = {t: {k.removeprefix("mean_"): x for k, x in v.items() if k.startswith("mean_") and k != "mean_length"}
+             for t, v in s["per_task"].items()}
+    if any(means.values()):
+        lines += ["", "Mean over episodes of what the env reports at an episode's end (e.g. PushT's score: DP's "
+                  "coverage figure):"]
+        lines += [f"- {t}: " + ", ".join(f"{k} {x:.3f}" for k, x in m.items()) for t, m in means.items() if m]
     if s.get("videos"):
         lines += ["", "Videos:"] + [f"- `{v}`" for v in s["videos"]]
     return "\n".join(lines) + "\n"

@@ -151,6 +151,17 @@ def write_videos(frames_out, video_dir: Path, task: str, *, fps: float) -> list[
     return paths
 
 
+EPISODE_KEYS = {"seed", "success", "length", "nonfinite", "is_success"}
+
+
+def final_info_means(episodes: list[dict]) -> dict:
+    """``mean_<key>`` over episodes of each numeric scalar an env reports in its last info (PushT's
+    coverage and score, for one), where every episode has it."""
+    keys = set.intersection(*(set(e) for e in episodes)) - EPISODE_KEYS if episodes else set()
+    return {f"mean_{k}": float(np.mean([e[k] for e in episodes])) for k in sorted(keys)
+            if all(isinstance(e[k], (int, float)) and not isinstance(e[k], bool) for e in episodes)}
+
+
 def summarize(results: list[dict]) -> dict:
     """Per-task and mean success (Wilson 95%), episode lengths, prediction latency."""
     per_task = {}
@@ -161,6 +172,7 @@ def summarize(results: list[dict]) -> dict:
         lo, hi = wilson_interval(k, n)
         per_task[r["task"]] = {
             "success_rate": k / max(n, 1),
+            **final_info_means(r["episodes"]),
             "successes": k,
             "episodes": n,
             "wilson95": [lo, hi],

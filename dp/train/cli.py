@@ -13,12 +13,16 @@ from dp.constants import CONFIG_DIR
 
 @hydra.main(config_path=CONFIG_DIR, config_name="train", version_base=None)
 def _main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from dp.recipes import apply_recipe
     from dp.sweep import job_output
     from dp.train.trainer import Trainer
 
     cfg.output_dir = job_output(cfg.output_dir)
     try:
         with user_errors_exit():
+            apply_recipe(cfg, list(HydraConfig.get().overrides.task))
             summary = Trainer(cfg).run()
     except KeyboardInterrupt as e:
         print(f"stopped: {e}", file=sys.stderr)

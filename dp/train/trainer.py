@@ -205,6 +205,8 @@ class Trainer:
         self.loss_fn = torch.compile(self.model) if t.get("compile") else self.model
         self.step = 0
         self.wandb_id: str | None = None
+        self.seconds_before = 0.0   # training seconds of the segments before a resume
+        self._segment_start = time.perf_counter()
         self.last_metrics: dict = {}
         self.history = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": [], "eval_step": [],
                         "eval_success": []}
@@ -247,6 +249,7 @@ class Trainer:
         self.step = int(state["step"])
         self.history = {k: list(v) for k, v in json.loads(state["history"]).items()}
         self.wandb_id = state.get("wandb_id") or None
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         if self.dist.main:
             print(f"resumed from {ckpt} at step {self.step}")
 
@@ -357,9 +360,14 @@ class Trainer:
         return summary
 
     def save(self) -> Path:
-        state = {"history": json.dumps(self.history), "wandb_id": self.wandb_id or ""}
+        state = {"history": json.dumps(self.history), "wandb_id": self.wandb_id or "",
+                 "train_seconds": self.train_seconds()}
         return save_checkpoint(self.ckpt_root, self.step, self.policy, self.ema.model if self.ema else None,
                                self.optimizer, self.scheduler, self.full_config, state, self.cfg.training.keep_checkpoints)
+
+    def train_seconds(self) -> float:
+        """Seconds spent in ``run`` over every segment of this run (resumes included)."""
+        return self.seconds_before + time.perf_counter() - self._segment_start
 
     # -------------------------------------------------------------- loop
     def run(self) -> dict:
@@ -374,6 +382,7 @@ class Trainer:
                   f"device {self.device}; {self.dist.world} process(es)")
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (main and cfg.progress))
         t0, start_step, recent = time.perf_counter(), self.step, []
+        self._segment_start = t0
         with GracefulInterrupt() as interrupt:
             while self.step < t.steps:
                 loss = self.train_step()
@@ -420,7 +429,7 @@ class Trainer:
                                             "continue with resume=true")
         bar.close()
         seconds = time.perf_counter() - t0
-        summary = {"steps": self.step, "seconds": seconds,
+        summary = {"steps": self.step, "seconds": seconds, "total_seconds": self.train_seconds(),
                    "steps_per_s": (self.step - start_step) / max(seconds, 1e-9),
                    "final_loss": self.history["loss"][-1] if self.history["loss"] else None}
         if main:

@@ -1,0 +1,143 @@
+"""Policy quality over training seeds: collect, train and evaluate a task list, one table.
+
+    dp-bench quality --tasks rs_can rs_square pusht pusht@image --seeds 0 1 2 [--policies dit mode]
+                     [--episodes 50] [--set training.steps=3000 ...] [--runs runs/quality]
+
+Per task (``NAME`` or ``NAME@image`` for image observations):
+
+- the store: the task config's ``dataset_path`` (``data/<name>_img.zarr`` for ``@image``),
+  collected with ``dp-collect`` from the scripted expert (``task.demos`` episodes, per task of a
+  set) when it does not exist;
+- per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
+  ``--set`` overrides into ``<runs>/<task>_<policy>_seed<S>`` (resumed when interrupted; a run
+  is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
+  ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
+  (``dp.eval.rollout.eval_seeds``);
+- a row: success per seed, their mean and sample standard deviation (PushT: also DP's
+  score, the best clip(coverage / 0.95, 0, 1) of an episode, averaged), training minutes per
+  seed, steps, the machine.
+
+Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, overrides):
+run the harness task by task and the table keeps every row. The Diffusion Policy paper reports
+the max over checkpoints and the mean of the last 10; this table evaluates the final
+checkpoint only (stricter than the max).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from dp.results import RESULTS_DIR, machine_info, write_result
+
+COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
+           "steps", "overrides", "machine"]
+
+
+def task_spec(spec: str) -> tuple[str, str]:
+    """``rs_can`` -> (rs_can, state); ``pusht@image`` -> (pusht, image)."""
+    name, _, obs = spec.partition("@")
+    obs = obs or "state"
+    if obs not in ("state", "image"):
+        raise SystemExit(f"--tasks {spec}: the part after @ must be 'image' (or nothing for state), found {obs!r}")
+    return name, obs
+
+
+def _task_cfg(name: str):
+    from hydra import compose, initialize_config_dir
+
+    from dp.constants import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("train", overrides=[f"task={name}"]).task
+
+
+def _run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}); rerun dp-bench quality to resume.")
+
+
+def store_for(name: str, obs: str, collect: bool = True) -> str:
+    """The task's store (collected from the scripted expert when missing)."""
+    task = _task_cfg(name)
+    path = task.dataset_path if obs == "state" else str(Path(task.dataset_path).with_suffix("")) + "_img.zarr"
+    if collect and not Path(path).exists():
+        _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={task.demos}", f"obs={obs}",
+              f"output={path}", "progress=false"])
+    return path
+
+
+def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
+                   episodes: int, device: str = "cpu") -> dict:
+    """One seed's run (trained and evaluated unless already done) -> its eval report and train summary."""
+    store = store_for(name, obs)
+    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}_seed{seed}"
+    out = runs / tag
+    if not (out / ".done").exists():
+        _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
+              f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
+              "progress=false", *overrides])
+        (out / ".done").touch()
+    report = out / "eval_quality" / "report.json"
+    if not report.exists():
+        _run([sys.executable, "-m", "dp.eval.cli", f"checkpoint={out}", f"n_episodes={episodes}",
+              f"output_dir={report.parent}", f"device={device}", "progress=false"])
+    return {"report": json.loads(report.read_text()), "train": json.loads((out / "train_summary.json").read_text())}
+
+
+def quality_row(name: str, obs: str, policy: str, overrides: list[str], seeds: list[int], runs_out: list[dict],
+                machine: str) -> dict:
+    """One table row from each seed's eval report and train summary."""
+    success = [r["report"]["success_rate"] for r in runs_out]
+    scores = [t.get("mean_score") for r in runs_out for t in r["report"]["per_task"].values()]
+    row = {"task": name if obs == "state" else f"{name}@image", "policy": policy, "seeds": len(seeds),
+           "success_mean": float(np.mean(success)), "success_std": float(np.std(success, ddof=1)) if len(success) > 1
+           else 0.0, "per_seed": " / ".join(f"{s:.0%}" for s in success),
+           "train_min": float(np.mean([r["train"].get("total_seconds", r["train"]["seconds"]) for r in runs_out]) / 60),
+           "steps": runs_out[0]["train"]["steps"], "overrides": " ".join(overrides), "machine": machine,
+           "episodes_per_seed": runs_out[0]["report"]["episodes"], "seed_list": seeds}
+    if scores and all(s is not None for s in scores):
+        row["score_mean"] = float(np.mean(scores))
+    return row
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Old rows with the same (task, policy, overrides) as a new one are replaced; order kept."""
+    key = lambda r: (r["task"], r["policy"], r.get("overrides", ""))  # noqa: E731
+    fresh = {key(r): r for r in new}
+    kept = [fresh.pop(key(r), r) for r in old]
+    return kept + list(fresh.values())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="dp-bench quality", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu | cuda[:N]: where every run trains and evaluates")
+    parser.add_argument("--tasks", nargs="+", required=True, help="task names; NAME@image for image observations")
+    parser.add_argument("--policies", nargs="+", default=["dit"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per seed (per task of a set)")
+    parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="dp-train overrides for every run (they win over the task's recipe)")
+    parser.add_argument("--runs", default="runs/quality", help="where the runs go")
+    args = parser.parse_args(argv)
+    device = args.device
+    specs = [task_spec(t) for t in args.tasks]
+    overrides = list(args.overrides)
+    m = machine_info(device)
+    machine = f"{m['cpu']} ({m['cpu_count']} cores)" + (f", {m['device']}" if device != "cpu" else "")
+    rows = []
+    for name, obs in specs:
+        for policy in args.policies:
+            outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, device)
+                    for s in args.seeds]
+            rows.append(quality_row(name, obs, policy, overrides, args.seeds, outs, machine))
+    old = json.loads((RESULTS_DIR / "quality.json").read_text())["rows"] if (RESULTS_DIR / "quality.json").exists() \
+        else []
+    write_result("quality", merge_rows(old, rows), COLUMNS, device=device)
+    print((RESULTS_DIR / "quality.md").read_text())

@@ -1,0 +1,75 @@
+"""A task's tuned recipe: the settings dp-train uses for that task unless the command line sets them.
+
+diffusion_policy keeps a tuned setup per task (horizon, observation history, action steps,
+epochs) in that task's config. dp does the same in ``task.recipe`` (written by
+scripts/gen_task_configs.py from its ``RECIPES``), as nested keys of the train config::
+
+    recipe:
+      policy: {n_action_steps: 8}
+      training: {steps: 20000}
+
+``dp-train task=rs_square`` applies them over the policy's and the trainer's defaults; a key given
+on the command line (``training.steps=3000``) wins, and choosing a config group (``policy=mode``)
+keeps the recipe. What was applied is printed and lands in the run's config.yaml, so a
+checkpoint records how it was trained. Every value in a recipe comes with the A/B that justified
+it (a comment beside it and CHANGELOG.md).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dp.constants import CONFIG_DIR
+from dp.errors import ConfigError
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"policy": {"horizon": 16}} -> {"policy.horizon": 16}; a list or scalar is a leaf."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _given_keys(overrides: list[str]) -> set[str]:
+    """Keys a command line sets a value for (``a.b=1``, ``+a.b=1``), leaving out config-group choices
+    (``policy=mode``: a directory of dp/configs), which keep the recipe."""
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o}
+    return {k for k in keys if not (Path(CONFIG_DIR) / k.replace(".", "/")).is_dir()}
+
+
+def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """Set ``cfg.task.recipe``'s keys on ``cfg`` except those ``overrides`` (the command line's
+    ``key=value`` list) sets, or sets a parent of. Returns what was applied (dotted key -> value)."""
+    recipe = cfg.task.get("recipe")
+    if not recipe:
+        return {}
+    tree = OmegaConf.to_container(recipe, resolve=True)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"task {cfg.task.name}: recipe must be a mapping of train-config keys, e.g. "
+                          f"{{training: {{steps: 20000}}}}; found {tree!r}.")
+    given = _given_keys(overrides)
+    applied = {}
+    for key, value in flatten(tree).items():
+        parts = key.split(".")
+        if any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1)):
+            continue
+        if key.split(".")[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(f"task {cfg.task.name}'s recipe sets {key!r}, which the train config does not have "
+                              f"(or a task key, which belongs in the task itself): fix the recipe in "
+                              f"scripts/gen_task_configs.py and regenerate the task configs.")
+        OmegaConf.update(cfg, key, value, merge=False)
+        applied[key] = value
+    if applied:
+        print(f"task {cfg.task.name}'s recipe: " + ", ".join(f"{k}={v}" for k, v in applied.items()), file=sys.stderr)
+    return applied
+
+
+_ABSENT = object()

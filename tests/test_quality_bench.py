@@ -1,0 +1,41 @@
+"""dp-bench quality: collects, trains and evaluates over seeds, one row per (task, policy), rows kept across runs."""
+import json
+
+import pytest
+
+from dp.bench import quality
+
+
+def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the task's store (data/toy.zarr) is collected here
+    monkeypatch.setattr(quality, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr("dp.results.RESULTS_DIR", tmp_path / "results")
+    tiny = ["logging.mode=disabled", "training.steps=4", "training.warmup_steps=1", "training.val_every=0",
+            "training.batch_size=8", "task.demos=6"]
+    args = ["--tasks", "toy", "--seeds", "0", "1", "--policies", "mlp_bc", "--episodes", "3", "--runs", "runs/q",
+            "--set", *tiny]
+    quality.main(args)
+    rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["task"] == "toy" and row["policy"] == "mlp_bc" and row["seeds"] == 2 and row["steps"] == 4
+    per_seed = [json.loads((tmp_path / f"runs/q/toy_mlp_bc_seed{s}/eval_quality/report.json").read_text())
+                for s in (0, 1)]
+    assert [r["episodes"] for r in per_seed] == [3, 3]
+    assert row["success_mean"] == pytest.approx(sum(r["success_rate"] for r in per_seed) / 2)
+    assert row["train_min"] > 0 and "toy" in (tmp_path / "results" / "quality.md").read_text()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["toy.zarr"]
+    # a second call reuses the finished runs and adds a row for another setting, keeping the first
+    stamp = (tmp_path / "runs/q/toy_mlp_bc_seed0/eval_quality/report.json").stat().st_mtime
+    quality.main([*args[:-len(tiny)], *tiny, "training.lr=1e-3"])
+    rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
+    assert len(rows) == 2 and rows[0] == row
+    assert (tmp_path / "runs/q/toy_mlp_bc_seed0/eval_quality/report.json").stat().st_mtime == stamp
+
+
+def test_task_specs_and_row_merging():
+    assert quality.task_spec("pusht@image") == ("pusht", "image") and quality.task_spec("rs_can") == ("rs_can", "state")
+    with pytest.raises(SystemExit, match="after @ must be 'image'"):
+        quality.task_spec("pusht@depth")
+    a, b = {"task": "x", "policy": "dit", "v": 1}, {"task": "y", "policy": "dit", "v": 2}
+    assert quality.merge_rows([a, b], [{"task": "x", "policy": "dit", "v": 3}]) == [{**a, "v": 3}, b]
