@@ -7,13 +7,13 @@ from dp.bench import quality
 
 
 def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the task's store (data/toy.zarr) is collected here
+    monkeypatch.chdir(tmp_path)  # the task's store (data/quality/toy.zarr) is collected here
     monkeypatch.setattr(quality, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr("dp.results.RESULTS_DIR", tmp_path / "results")
     tiny = ["logging.mode=disabled", "training.steps=4", "training.warmup_steps=1", "training.val_every=0",
-            "training.batch_size=8", "task.demos=6"]
+            "training.batch_size=8"]
     args = ["--tasks", "toy", "--seeds", "0", "1", "--policies", "mlp_bc", "--episodes", "3", "--runs", "runs/q",
-            "--set", *tiny]
+            "--demos", "6", "--set", *tiny]
     quality.main(args)
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
     assert len(rows) == 1
@@ -24,7 +24,10 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert [r["episodes"] for r in per_seed] == [3, 3]
     assert row["success_mean"] == pytest.approx(sum(r["success_rate"] for r in per_seed) / 2)
     assert row["train_min"] > 0 and "toy" in (tmp_path / "results" / "quality.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["toy.zarr"]
+    assert sorted(p.name for p in (tmp_path / "data" / "quality").iterdir()) == ["toy.zarr"]
+    from dp.data import ReplayBuffer
+
+    assert ReplayBuffer.open(tmp_path / "data" / "quality" / "toy.zarr").n_episodes == 6
     # a second call reuses the finished runs and adds a row for another setting, keeping the first
     stamp = (tmp_path / "runs/q/toy_mlp_bc_seed0/eval_quality/report.json").stat().st_mtime
     quality.main([*args[:-len(tiny)], *tiny, "training.lr=1e-3"])

@@ -5,9 +5,9 @@
 
 Per task (``NAME`` or ``NAME@image`` for image observations):
 
-- the store: the task config's ``dataset_path`` (``data/<name>_img.zarr`` for ``@image``),
-  collected with ``dp-collect`` from the scripted expert (``task.demos`` episodes, per task of a
-  set) when it does not exist;
+- the store: ``<data>/<name>.zarr`` (``<name>_img.zarr`` for ``@image``; ``--data`` default
+  data/quality, apart from hand-collected stores of other sizes), collected with ``dp-collect``
+  from the scripted expert (``task.demos`` episodes, per task of a set) when it does not exist;
 - per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
   ``--set`` overrides into ``<runs>/<task>_<policy>_seed<S>`` (resumed when interrupted; a run
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
@@ -63,20 +63,21 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}); rerun dp-bench quality to resume.")
 
 
-def store_for(name: str, obs: str, collect: bool = True) -> str:
-    """The task's store (collected from the scripted expert when missing)."""
+def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
+    """The task's store under ``data``, collected from the scripted expert when missing (``demos``
+    episodes per task, default the task config's ``demos``)."""
     task = _task_cfg(name)
-    path = task.dataset_path if obs == "state" else str(Path(task.dataset_path).with_suffix("")) + "_img.zarr"
-    if collect and not Path(path).exists():
-        _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={task.demos}", f"obs={obs}",
+    path = str(data / f"{name}{'_img' if obs == 'image' else ''}.zarr")
+    if not Path(path).exists():
+        _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos or task.demos}", f"obs={obs}",
               f"output={path}", "progress=false"])
     return path
 
 
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
-                   episodes: int, device: str = "cpu") -> dict:
+                   episodes: int, data: Path, demos: int | None = None, device: str = "cpu") -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary."""
-    store = store_for(name, obs)
+    store = store_for(name, obs, data, demos)
     tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}_seed{seed}"
     out = runs / tag
     if not (out / ".done").exists():
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="dp-train overrides for every run (they win over the task's recipe)")
     parser.add_argument("--runs", default="runs/quality", help="where the runs go")
+    parser.add_argument("--data", default="data/quality", help="where the collected stores go")
+    parser.add_argument("--demos", type=int, default=None,
+                        help="demonstrations to collect per task (default: the task config's demos)")
     args = parser.parse_args(argv)
     device = args.device
     specs = [task_spec(t) for t in args.tasks]
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, obs in specs:
         for policy in args.policies:
-            outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, device)
+            outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
+                                   args.demos, device)
                     for s in args.seeds]
             rows.append(quality_row(name, obs, policy, overrides, args.seeds, outs, machine))
     old = json.loads((RESULTS_DIR / "quality.json").read_text())["rows"] if (RESULTS_DIR / "quality.json").exists() \
