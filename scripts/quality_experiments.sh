@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The benchmark rows people cite, over 3 training seeds (bench/results/quality.md). Resumable: each run is
+# finished when runs/quality/<task>_<policy>_seed<S>/.done exists, each evaluation when its report exists.
+#   bash scripts/quality_experiments.sh            # SEEDS="0" for a one-seed pilot
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .venv/bin/activate
+export MUJOCO_GL=${MUJOCO_GL:-egl}
+SEEDS=${SEEDS:-0 1 2}
+LANG_SET='policy.language={encoder: builtin, layers: 2}'
+
+dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
+dp-bench quality --tasks pusht@image --seeds $SEEDS
+dp-bench quality --tasks mt50 --seeds 0 --set "$LANG_SET"
