@@ -42,3 +42,12 @@ def test_task_specs_and_row_merging():
         quality.task_spec("pusht@depth")
     a, b = {"task": "x", "policy": "dit", "v": 1}, {"task": "y", "policy": "dit", "v": 2}
     assert quality.merge_rows([a, b], [{"task": "x", "policy": "dit", "v": 3}]) == [{**a, "v": 3}, b]
+
+
+def test_a_task_set_gets_a_per_task_table():
+    def report(rates):
+        return {"report": {"per_task": {t: {"success_rate": r} for t, r in rates.items()}}}
+
+    rows = quality.per_task_rows([report({"a": 1.0, "b": 0.5}), report({"a": 0.5, "b": 0.0})])
+    assert rows == [{"task": "a", "success_mean": 0.75, "per_seed": "100% / 50%"},
+                    {"task": "b", "success_mean": 0.25, "per_seed": "50% / 0%"}]

@@ -17,6 +17,7 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   score, the best clip(coverage / 0.95, 0, 1) of an episode, averaged), training minutes per
   seed, steps, the machine.
 
+A task set (mt50) also gets ``bench/results/quality_<set>_<policy>_per_task.md``, one row per task.
 Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, overrides):
 run the harness task by task and the table keeps every row. The Diffusion Policy paper reports
 the max over checkpoints and the mean of the last 10; this table evaluates the final
@@ -108,6 +109,17 @@ def quality_row(name: str, obs: str, policy: str, overrides: list[str], seeds: l
     return row
 
 
+def per_task_rows(runs_out: list[dict]) -> list[dict]:
+    """For a multi-task set: one row per task, its success per seed and their mean."""
+    tasks = list(runs_out[0]["report"]["per_task"])
+    rows = []
+    for task in tasks:
+        rates = [r["report"]["per_task"][task]["success_rate"] for r in runs_out]
+        rows.append({"task": task, "success_mean": float(np.mean(rates)),
+                     "per_seed": " / ".join(f"{x:.0%}" for x in rates)})
+    return rows
+
+
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
     """Old rows with the same (task, policy, overrides) as a new one are replaced; order kept."""
     key = lambda r: (r["task"], r["policy"], r.get("overrides", ""))  # noqa: E731
@@ -142,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
                                    args.demos, device)
                     for s in args.seeds]
             rows.append(quality_row(name, obs, policy, overrides, args.seeds, outs, machine))
+            if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
+                write_result(f"quality_{name}_{policy}_per_task", per_task_rows(outs), ["task", "success_mean", "per_seed"],
+                             {"row": rows[-1]}, device=device)
     old = json.loads((RESULTS_DIR / "quality.json").read_text())["rows"] if (RESULTS_DIR / "quality.json").exists() \
         else []
     write_result("quality", merge_rows(old, rows), COLUMNS, device=device)
