@@ -19,8 +19,8 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert len(rows) == 1
     row = rows[0]
     assert row["task"] == "toy" and row["policy"] == "mlp_bc" and row["seeds"] == 2 and row["steps"] == 4
-    per_seed = [json.loads((tmp_path / f"runs/q/toy_mlp_bc_seed{s}/eval_quality/report.json").read_text())
-                for s in (0, 1)]
+    run = f"runs/q/toy_mlp_bc{quality._overrides_tag(tiny)}_seed"  # the overrides' hash names the runs
+    per_seed = [json.loads((tmp_path / f"{run}{s}/eval_quality/report.json").read_text()) for s in (0, 1)]
     assert [r["episodes"] for r in per_seed] == [3, 3]
     assert row["success_mean"] == pytest.approx(sum(r["success_rate"] for r in per_seed) / 2)
     assert row["train_min"] > 0 and "toy" in (tmp_path / "results" / "quality.md").read_text()
@@ -28,12 +28,16 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     from dp.data import ReplayBuffer
 
     assert ReplayBuffer.open(tmp_path / "data" / "quality" / "toy.zarr").n_episodes == 6
-    # a second call reuses the finished runs and adds a row for another setting, keeping the first
-    stamp = (tmp_path / "runs/q/toy_mlp_bc_seed0/eval_quality/report.json").stat().st_mtime
-    quality.main([*args[:-len(tiny)], *tiny, "training.lr=1e-3"])
+    # the same call again reuses the finished runs; other overrides train their own runs and add a row
+    report0 = tmp_path / f"{run}0/eval_quality/report.json"
+    stamp = report0.stat().st_mtime
+    quality.main(args)
+    assert report0.stat().st_mtime == stamp
+    quality.main([*args, "training.lr=1e-3"])
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
-    assert len(rows) == 2 and rows[0] == row
-    assert (tmp_path / "runs/q/toy_mlp_bc_seed0/eval_quality/report.json").stat().st_mtime == stamp
+    assert len(rows) == 2 and rows[0] == row and rows[1]["overrides"].endswith("training.lr=1e-3")
+    assert len(list((tmp_path / "runs/q").glob("toy_mlp_bc_*_seed*"))) == 4  # two new runs beside the first two
+    assert report0.stat().st_mtime == stamp
 
 
 def test_task_specs_and_row_merging():

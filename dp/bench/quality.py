@@ -9,7 +9,7 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   data/quality, apart from hand-collected stores of other sizes), collected with ``dp-collect``
   from the scripted expert (``task.demos`` episodes, per task of a set) when it does not exist;
 - per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
-  ``--set`` overrides into ``<runs>/<task>_<policy>_seed<S>`` (resumed when interrupted; a run
+  ``--set`` overrides into ``<runs>/<task>_<policy>[_<hash of the overrides>]_seed<S>`` (resumed when interrupted; a run
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
   ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
   (``dp.eval.rollout.eval_seeds``);
@@ -26,6 +26,7 @@ checkpoint only (stricter than the max).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import subprocess
 import sys
@@ -75,11 +76,18 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
     return path
 
 
+def _overrides_tag(overrides: list[str]) -> str:
+    """Runs with other ``--set`` overrides go to other directories: ``_<8 hex of their hash>``."""
+    if not overrides:
+        return ""
+    return "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+
+
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
                    episodes: int, data: Path, demos: int | None = None, device: str = "cpu") -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary."""
     store = store_for(name, obs, data, demos)
-    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}_seed{seed}"
+    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}{_overrides_tag(overrides)}_seed{seed}"
     out = runs / tag
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
