@@ -155,17 +155,16 @@ def main(argv: list[str] | None = None) -> None:
     overrides = list(args.overrides)
     m = machine_info(device)
     machine = f"{m['cpu']} ({m['cpu_count']} cores)" + (f", {m['device']}" if device != "cpu" else "")
-    rows = []
     for name, obs in specs:
         for policy in args.policies:
             outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
                                    args.demos, device)
                     for s in args.seeds]
-            rows.append(quality_row(name, obs, policy, overrides, args.seeds, outs, machine))
+            row = quality_row(name, obs, policy, overrides, args.seeds, outs, machine)
             if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
-                write_result(f"quality_{name}_{policy}_per_task", per_task_rows(outs), ["task", "success_mean", "per_seed"],
-                             {"row": rows[-1]}, device=device)
-    old = json.loads((RESULTS_DIR / "quality.json").read_text())["rows"] if (RESULTS_DIR / "quality.json").exists() \
-        else []
-    write_result("quality", merge_rows(old, rows), COLUMNS, device=device)
+                write_result(f"quality_{name}_{policy}{_overrides_tag(overrides)}_per_task", per_task_rows(outs),
+                             ["task", "success_mean", "per_seed"], {"row": row}, device=device)
+            path = RESULTS_DIR / "quality.json"  # written row by row: a long task list keeps what it finished
+            old = json.loads(path.read_text())["rows"] if path.exists() else []
+            write_result("quality", merge_rows(old, [row]), COLUMNS, device=device)
     print((RESULTS_DIR / "quality.md").read_text())
