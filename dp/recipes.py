@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from dp.constants import CONFIG_DIR
 from dp.errors import ConfigError
 
+_ABSENT = object()  # OmegaConf.select's default: tells a missing key from one set to null
+
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     """{"policy": {"horizon": 16}} -> {"policy.horizon": 16}; a list or scalar is a leaf."""
@@ -61,7 +63,7 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         parts = key.split(".")
         if any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1)):
             continue
-        if key.split(".")[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        if parts[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"task {cfg.task.name}'s recipe sets {key!r}, which the train config does not have "
                               f"(or a task key, which belongs in the task itself): fix the recipe in "
                               f"scripts/gen_task_configs.py and regenerate the task configs.")
@@ -71,5 +73,3 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         print(f"task {cfg.task.name}'s recipe: " + ", ".join(f"{k}={v}" for k, v in applied.items()), file=sys.stderr)
     return applied
 
-
-_ABSENT = object()

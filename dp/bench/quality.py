@@ -68,10 +68,10 @@ def _run(cmd: list[str]) -> None:
 def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
     """The task's store under ``data``, collected from the scripted expert when missing (``demos``
     episodes per task, default the task config's ``demos``)."""
-    task = _task_cfg(name)
     path = str(data / f"{name}{'_img' if obs == 'image' else ''}.zarr")
     if not Path(path).exists():
-        _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos or task.demos}", f"obs={obs}",
+        demos = demos or _task_cfg(name).demos
+        _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos}", f"obs={obs}",
               f"output={path}", "progress=false"])
     return path
 

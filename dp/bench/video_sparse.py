@@ -15,7 +15,7 @@ interleaved in the same run, medians of repeats, ratios reported:
 - with ``--checkpoint``: how sparse the trained heads are. For every head, layer and network
   call of a prediction on 8 held-out clips, the relative squared error of attention restricted
   to a pattern (and renormalized) against full attention, for SVG's two patterns and for
-  denser frame-window ones (``PATTERN_MASKS``). SVG's premise is that one of its two patterns
+  denser frame-window ones (``_pattern_masks``). SVG's premise is that one of its two patterns
   is close to full attention for nearly every head; this table says whether a model meets it.
 """
 from __future__ import annotations
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dp.core.attention import SparseHeadAttention, SparseState, spatial_attention, temporal_attention
+from dp.core.attention import (
+    SparseHeadAttention, SparseState, restricted_attention_errors, spatial_attention, temporal_attention,
+)
 from dp.results import result_name, sync, write_result
 from dp.video import VideoPredictor
 
@@ -45,14 +47,10 @@ def _pattern_masks(layout, n_context: int) -> dict[str, torch.Tensor]:
 
 
 def restricted_errors(q, k, v, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per mask, [heads]: the squared error of attention restricted to the mask (renormalized, i.e. the
-    masked softmax) against full attention, relative to full attention's output, summed over batch and
-    rows. q, k, v [B, heads, N, d]; masks [N, N] bool."""
-    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-    full = scores.softmax(-1) @ v
-    scale = full.float().pow(2).sum(dim=(0, 2, 3))
-    return {name: ((scores.masked_fill(~m.to(q.device), float("-inf")).softmax(-1) @ v) - full).float().pow(2)
-            .sum(dim=(0, 2, 3)) / scale for name, m in masks.items()}
+    """Per mask [N, N], [heads]: the squared error of attention restricted to the mask against full
+    attention, relative to full attention's output, over every row of q, k, v [B, heads, N, d]."""
+    errors, scale = restricted_attention_errors(q, k, v, torch.stack(list(masks.values())).to(q.device))
+    return dict(zip(masks, errors / scale))
 
 
 @torch.no_grad()
@@ -103,12 +101,10 @@ def _held_out_context(checkpoint: str, model: VideoPredictor, device: str, n: in
     """The context frames of ``n`` held-out clips spread over the run's validation episodes, uint8."""
     from dp.checkpoint import load_config, resolve
     from dp.data import collate_batch
-    from dp.eval.video import held_out_windows
+    from dp.eval.video import held_out_windows, spread_clips
 
     windows = held_out_windows(load_config(resolve(checkpoint)), None)
-    valid = np.flatnonzero(windows.inside_episode(model.camera))
-    picks = valid[np.unique(np.linspace(0, len(valid) - 1, min(n, len(valid))).round().astype(int))]
-    clip = collate_batch(windows.get_batch(picks))["obs"][model.camera]
+    clip = collate_batch(windows.get_batch(spread_clips(windows, model, n)))["obs"][model.camera]
     return clip[:, : model.n_context].to(device)
 
 

@@ -86,6 +86,32 @@ def temporal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout
 PATTERN_FNS = {"spatial": spatial_attention, "temporal": temporal_attention}
 
 
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: FrameLayout) -> torch.Tensor:
+    """Full attention over the clip (the fallback of a head no pattern approximates)."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+KIND_NAMES = ("spatial", "temporal", "dense")  # SparseHeadAttention's per-head codes 0, 1, 2
+KIND_FNS = (spatial_attention, temporal_attention, dense_attention)
+
+
+def restricted_attention_errors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How far attention restricted to each mask is from full attention, for some query rows.
+
+    q [B, h, r, d] (the rows), k, v [B, h, N, d], masks [P, r, N] (nonzero = may attend). A mask's
+    output on a row is full attention's probabilities restricted to it and renormalized, which is
+    exactly the masked softmax, from one r x N score matrix. Returns the squared error per mask and
+    head summed over batch, rows and channels [P, h], and full attention's squared output per head
+    [h] (the scale for a relative error)."""
+    probs = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)  # [B, h, r, N]
+    full = probs @ v                                                       # [B, h, r, d]
+    kept = probs * masks.to(probs.dtype)[:, None, None]                    # [P, B, h, r, N]
+    restricted = (kept @ v) / kept.sum(-1, keepdim=True)
+    errors = (restricted - full).float().pow(2).sum(dim=(1, 3, 4))
+    return errors, full.float().pow(2).sum(dim=(0, 2, 3)).clamp_min(1e-12)
+
+
 class FactorizedAttention:
     """One fixed pattern (``spatial`` or ``temporal``) for every head of a layer."""
 
@@ -143,30 +169,24 @@ class SparseHeadAttention:
         if self.state.call < self.state.dense_calls:
             self.state.counts["dense"] += h
             return F.scaled_dot_product_attention(q, k, v)
-        choice = self.profile(q, k, v)  # [heads]: 0 spatial, 1 temporal, 2 dense
-        self.last_choice = choice == 1
-        per_kind = torch.bincount(choice, minlength=3).tolist()  # one host read per call
-        for name, n in zip(("spatial", "temporal", "dense"), per_kind):
-            self.state.counts[name] += n
-        kinds = [code for code, n in enumerate(per_kind) if n]
-        if len(kinds) == 1:
-            return PATTERN_FNS[("spatial", "temporal")[kinds[0]]](q, k, v, self.layout) if kinds[0] < 2 else \
-                F.scaled_dot_product_attention(q, k, v)
+        codes = self.profile(q, k, v).tolist()  # [heads]: 0 spatial, 1 temporal, 2 dense; one host read per call
+        self.last_choice = torch.tensor([c == 1 for c in codes])
+        heads_of = {code: [i for i, c in enumerate(codes) if c == code] for code in sorted(set(codes))}
+        for code, heads in heads_of.items():
+            self.state.counts[KIND_NAMES[code]] += len(heads)
+        if len(heads_of) == 1:
+            return KIND_FNS[codes[0]](q, k, v, self.layout)
         out = torch.empty_like(q)
-        for code in kinds:
-            idx = (choice == code).nonzero().flatten()
-            qs, ks, vs = q[:, idx], k[:, idx], v[:, idx]
-            out[:, idx] = F.scaled_dot_product_attention(qs, ks, vs) if code == 2 else \
-                PATTERN_FNS[("spatial", "temporal")[code]](qs, ks, vs, self.layout)
+        for code, heads in heads_of.items():
+            out[:, heads] = KIND_FNS[code](q[:, heads], k[:, heads], v[:, heads], self.layout)
         return out
 
     @torch.no_grad()
     def profile(self, q, k, v) -> torch.Tensor:
         """[heads] int: 1 where the temporal pattern is closer to full attention than the spatial one
         (0) on ``sample_rows`` sampled query rows (squared error summed over the batch), 2 where even
-        the closer one misses by more than ``state.tolerance`` of full attention's output (dense).
-        A pattern's output on a row is full attention's probabilities restricted to the pattern
-        and renormalized, which is exactly the masked softmax, from one r x N score matrix."""
+        the closer one misses by more than ``state.tolerance`` of full attention's output (dense)
+        (``restricted_attention_errors``)."""
         timing = self.state.timing
         if timing:
             if q.is_cuda:
@@ -177,15 +197,10 @@ class SparseHeadAttention:
             idx = torch.arange(n, device=q.device)
             self._where = torch.stack([idx // self.layout.patches, idx % self.layout.patches])  # [2, N]: frame, position
         rows = torch.randint(n, (self.state.sample_rows,), generator=self.generator).to(q.device)
-        probs = ((q[:, :, rows] @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)  # [B, h, r, N]
-        full = probs @ v                                                                  # [B, h, r, d]
-        masks = (self._where[:, rows, None] == self._where[:, None, :]).to(probs.dtype)  # [2, r, N]: spatial, temporal
-        kept = probs * masks[:, None, None]                      # [2, B, h, r, N]: each pattern's share of it
-        sparse = (kept @ v) / kept.sum(-1, keepdim=True)         # attention renormalized within the pattern
-        errors = (sparse - full).float().pow(2).sum(dim=(1, 3, 4))  # [2, h]
+        masks = self._where[:, rows, None] == self._where[:, None, :]  # [2, r, N]: spatial, temporal
+        errors, scale = restricted_attention_errors(q[:, :, rows], k, v, masks)  # [2, h], [h]
         choice = (errors[1] < errors[0]).long()
         if self.state.tolerance is not None:
-            scale = full.float().pow(2).sum(dim=(0, 2, 3)).clamp_min(1e-12)  # [h]
             choice = torch.where(errors.min(0).values / scale > self.state.tolerance, 2, choice)
         if timing:
             if q.is_cuda:

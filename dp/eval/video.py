@@ -43,6 +43,16 @@ def held_out_windows(cfg: dict, dataset: str | None) -> SequenceDataset:
     return train.get_validation_dataset()
 
 
+def spread_clips(windows: SequenceDataset, model: VideoPredictor, n: int) -> np.ndarray:
+    """Indices of up to ``n`` windows spread evenly over ``windows``, each with its whole clip (the
+    model's offsets) inside its episode."""
+    valid = np.flatnonzero(windows.inside_episode(model.camera))
+    if not len(valid):
+        raise DatasetError(f"no held-out window has its whole clip (offsets {model.offsets}) inside its episode: "
+                           "the episodes are shorter than the clip; use a store of longer episodes.")
+    return valid[np.unique(np.linspace(0, len(valid) - 1, min(n, len(valid))).round().astype(int))]
+
+
 def evaluate_video(checkpoint: str, n_clips: int = 64, output_dir: str | None = None, dataset: str | None = None,
                    batch_size: int = 16, n_grid: int = 4, ema: bool = True, device: str = "cpu", seed: int = 0,
                    attention: str | None = None, sampler: dict | None = None, progress: bool = True) -> dict:
@@ -62,12 +72,7 @@ def evaluate_video(checkpoint: str, n_clips: int = 64, output_dir: str | None = 
     windows = held_out_windows(cfg, dataset)
     camera, n_ctx = model.camera, model.n_context
     future = np.asarray(model.offsets[n_ctx:])
-    # windows whose whole clip lies inside the episode, spread evenly
-    valid = np.flatnonzero(windows.inside_episode(camera))
-    if not len(valid):
-        raise DatasetError(f"no held-out window has its whole clip (offsets {model.offsets}) inside its episode: "
-                           "the episodes are shorter than the clip; use a store of longer episodes.")
-    picks = valid[np.unique(np.linspace(0, len(valid) - 1, min(n_clips, len(valid))).round().astype(int))]
+    picks = spread_clips(windows, model, n_clips)
 
     rows = {"pred_psnr": [], "pred_ssim": [], "copy_psnr": [], "copy_ssim": []}
     grid_truth, grid_pred, seconds = [], [], 0.0
