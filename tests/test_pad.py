@@ -48,6 +48,14 @@ def test_pad_trains_predicts_frames_and_rolls_out(trained, tmp_path):
     assert s["per_task"]["mw_push"]["episode_results"][0]["length"] == 5
 
 
+def test_history_keeps_the_loss_parts(trained):
+    """The trainer's history holds each loss part beside the loss, averaged over the same steps."""
+    h = trained.history
+    assert len(h["action_loss"]) == len(h["image_loss"]) == len(h["loss"]) == 1
+    w = trained.policy.image_loss_weight
+    assert h["loss"][0] == pytest.approx(h["action_loss"][0] + w * h["image_loss"][0], rel=1e-5)
+
+
 def test_frame_tokens_never_attend_to_action_tokens(trained):
     policy = trained.policy.eval()
     obs = policy.normalize_obs(_obs(policy))
