@@ -7,6 +7,7 @@ from hydra import compose, initialize_config_dir
 from dp.constants import CONFIG_DIR
 from dp.data import DatasetError, ReplayBuffer, SequenceDataset
 from dp.data.cotrain import CoTrainDataset
+from dp.encoders.image import random_shift
 from dp.errors import ConfigError
 from dp.policies.pad import PADPolicy
 from dp.train.trainer import Trainer
@@ -132,3 +133,28 @@ def test_bad_video_and_pad_configs_get_clear_errors(image_stores, tmp_path):
         PADPolicy(meta, {"image": [0, 4]}, n_obs_steps=2, patch=12)
     with pytest.raises(ConfigError, match="not divisible"):
         PADPolicy(meta, {"image": [-1, 0, 4]}, n_obs_steps=2, patch=10)
+    with pytest.raises(ConfigError, match="policy.shift must be 0"):
+        PADPolicy(meta, {"image": [0, 4]}, patch=12, shift=12)
+
+
+def test_random_shift_moves_every_frame_of_a_sample_together():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 200, (5, 1, 3, 16, 16), dtype=torch.uint8)
+    frames = torch.cat([base, base + 1, base + 2], dim=1)  # [5, 3 frames, 3, 16, 16]
+    out = random_shift(frames, 4, generator=g)
+    assert out.shape == frames.shape and out.dtype == torch.uint8
+    assert torch.equal(out[:, 1], out[:, 0] + 1) and torch.equal(out[:, 2], out[:, 0] + 2)  # one offset per sample
+    assert not torch.equal(out, frames)  # 5 samples, 81 offsets each: some moved
+    # an interior window of the shifted frame is a window of the original
+    for i in range(5):
+        hits = [(y, x) for y in range(-4, 5) for x in range(-4, 5)
+                if torch.equal(out[i, 0, :, 4:12, 4:12], frames[i, 0, :, 4 + y:12 + y, 4 + x:12 + x])]
+        assert hits
+    assert random_shift(frames, 0) is frames
+
+
+def test_pad_trains_with_shifted_frames(image_stores, tmp_path):
+    trainer = Trainer(pad_cfg(image_stores["push"], tmp_path / "run", "training.steps=2", "policy.shift=2"))
+    assert trainer.policy.shift == 2
+    trainer.run()
+    assert np.isfinite(trainer.history["loss"]).all()

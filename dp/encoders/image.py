@@ -67,6 +67,20 @@ def crop(images: torch.Tensor, size: int, train: bool, generator: torch.Generato
     return torch.stack([img[:, t : t + size, l : l + size] for img, t, l in zip(images, tops, lefts)])
 
 
+def random_shift(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """DrQ's random shift: pad by ``pad`` px (edge pixels repeated) and crop back at a random offset, one
+    offset per sample shared by all its frames, so a clip moves as one. [B, T, C, H, W] -> the same shape
+    and dtype."""
+    if pad <= 0:
+        return frames
+    b, t, c, h, w = frames.shape
+    padded = torch.nn.functional.pad(frames.reshape(b, t * c, h, w).float(), (pad,) * 4, mode="replicate")
+    tops = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    lefts = torch.randint(0, 2 * pad + 1, (b,), generator=generator).tolist()
+    out = torch.stack([img[:, y : y + h, x : x + w] for img, y, x in zip(padded, tops, lefts)])
+    return out.reshape(b, t, c, h, w).to(frames.dtype)
+
+
 class ImageEncoder(nn.Module):
     def __init__(self, image_size: int = 84, crop: int | None = 76, dim: int = 256, width: int = 64,
                  keypoints: int = 32, stages: int = 4):

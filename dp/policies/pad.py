@@ -32,6 +32,7 @@ from dp.core.codecs import (
     ContinuousActionCodec, FramePatchCodec, FramesAndActionsCodec, pixels_to_unit, unit_to_image,
 )
 from dp.diffusion import GaussianProcess
+from dp.encoders.image import random_shift
 from dp.encoders.language import make_language_encoder
 from dp.encoders.obs import ObsEncoder, lowdim_keys
 from dp.errors import ConfigError
@@ -56,6 +57,7 @@ class PADPolicy(DenoisingPolicy):
         patch: int = 12,
         action_patch: int = 4,
         image_loss_weight: float = 1.0,
+        shift: int = 0,
         language: dict | None = None,
         process: dict | None = None,
         sampler: dict | None = None,
@@ -75,11 +77,14 @@ class PADPolicy(DenoisingPolicy):
                               f"{current} followed by increasing future offsets > 0, e.g. {current + [8]}; got {offsets}.")
         if image_loss_weight < 0:
             raise ConfigError(f"image_loss_weight must be >= 0, got {image_loss_weight}.")
+        if not 0 <= int(shift) < min(int(v) for v in shape[1:]) // 2:
+            raise ConfigError(f"policy.shift must be 0 (off) or a few pixels, under half the frame {shape[1:]}; got {shift}.")
         lowdim = {k: shape_meta["obs"][k] for k in lowdim_keys(shape_meta)}
         if not lowdim:
             raise ConfigError("policy=pad needs a low-dim observation besides the camera (task.obs=image gives "
                               f"agent_pos); shape_meta['obs'] holds {sorted(shape_meta['obs'])}.")
         self.camera, self.offsets, self.image_loss_weight = camera, offsets, float(image_loss_weight)
+        self.shift = int(shift)
         n_future = len(offsets) - n_obs_steps
         c, h, w = (int(v) for v in shape)
         action_dim = int(shape_meta["action"][0])
@@ -114,13 +119,16 @@ class PADPolicy(DenoisingPolicy):
 
     # -------------------------------------------------------------- training
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        obs = self.normalize_obs(batch["obs"])
-        if "task_id" in batch and "instruction" not in obs:
-            obs["task_id"] = batch["task_id"]
         frames = batch["obs"][self.camera]
         if frames.shape[1] != len(self.offsets):
             raise ConfigError(f"batch['obs'][{self.camera!r}] holds {frames.shape[1]} frames; policy=pad reads "
                               f"{len(self.offsets)} (key_offsets {self.offsets}): train with this policy's key_offsets.")
+        if self.shift:  # the current and future frames of a sample move together
+            frames = random_shift(frames, self.shift)
+            batch = {**batch, "obs": {**batch["obs"], self.camera: frames}}
+        obs = self.normalize_obs(batch["obs"])
+        if "task_id" in batch and "instruction" not in obs:
+            obs["task_id"] = batch["task_id"]
         future = self.codec.frames.patchify(pixels_to_unit(frames[:, self.n_obs_steps:]))
         x0 = self.codec.pack(future, self.normalizer.normalize("action", batch["action"].float()))
         cache = self.encode_obs(obs)
