@@ -47,6 +47,18 @@ def _given_keys(overrides: list[str]) -> set[str]:
     return {k for k in keys if not (Path(CONFIG_DIR) / k.replace(".", "/")).is_dir()}
 
 
+def pending(recipe: dict, overrides: list[str]) -> dict[str, Any]:
+    """The recipe's keys (dotted) that the command line ``overrides`` leaves to it: those it sets
+    neither itself nor through a parent key."""
+    given = _given_keys(overrides)
+    out = {}
+    for key, value in flatten(recipe).items():
+        parts = key.split(".")
+        if not any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1)):
+            out[key] = value
+    return out
+
+
 def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Set ``cfg.task.recipe``'s keys on ``cfg`` except those ``overrides`` (the command line's
     ``key=value`` list) sets, or sets a parent of. Returns what was applied (dotted key -> value)."""
@@ -57,13 +69,9 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"task {cfg.task.name}: recipe must be a mapping of train-config keys, e.g. "
                           f"{{training: {{steps: 20000}}}}; found {tree!r}.")
-    given = _given_keys(overrides)
     applied = {}
-    for key, value in flatten(tree).items():
-        parts = key.split(".")
-        if any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1)):
-            continue
-        if parts[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+    for key, value in pending(tree, overrides).items():
+        if key.split(".")[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"task {cfg.task.name}'s recipe sets {key!r}, which the train config does not have "
                               f"(or a task key, which belongs in the task itself): fix the recipe in "
                               f"scripts/gen_task_configs.py and regenerate the task configs.")
@@ -72,4 +80,3 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     if applied:
         print(f"task {cfg.task.name}'s recipe: " + ", ".join(f"{k}={v}" for k, v in applied.items()), file=sys.stderr)
     return applied
-

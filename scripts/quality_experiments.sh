@@ -9,6 +9,10 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 SEEDS=${SEEDS:-0 1 2}
 LANG_SET='policy.language={encoder: builtin, layers: 2}'
 
+# recipe A/Bs (seed 0): the defaults against one changed setting; an adopted value goes into the task's recipe
+dp-bench quality --tasks rs_square rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set training.steps=5000
+dp-bench quality --tasks rs_square --seeds 0 --set training.steps=20000
+
 dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
 dp-bench quality --tasks pusht@image --seeds $SEEDS
 dp-bench quality --tasks mt50 --seeds 0 --set "$LANG_SET"

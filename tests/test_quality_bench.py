@@ -19,7 +19,7 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert len(rows) == 1
     row = rows[0]
     assert row["task"] == "toy" and row["policy"] == "mlp_bc" and row["seeds"] == 2 and row["steps"] == 4
-    run = f"runs/q/toy_mlp_bc{quality._overrides_tag(tiny)}_seed"  # the overrides' hash names the runs
+    run = f"runs/q/toy_mlp_bc{quality.settings_tag(tiny)}_seed"  # the settings' hash names the runs
     per_seed = [json.loads((tmp_path / f"{run}{s}/eval_quality/report.json").read_text()) for s in (0, 1)]
     assert [r["episodes"] for r in per_seed] == [3, 3]
     assert row["success_mean"] == pytest.approx(sum(r["success_rate"] for r in per_seed) / 2)
@@ -35,9 +35,25 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert report0.stat().st_mtime == stamp
     quality.main([*args, "training.lr=1e-3"])
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
-    assert len(rows) == 2 and rows[0] == row and rows[1]["overrides"].endswith("training.lr=1e-3")
+    assert len(rows) == 2 and rows[0] == row and rows[1]["settings"].endswith("training.lr=1e-3")
     assert len(list((tmp_path / "runs/q").glob("toy_mlp_bc_*_seed*"))) == 4  # two new runs beside the first two
     assert report0.stat().st_mtime == stamp
+
+
+def test_a_recipe_and_the_same_set_name_the_same_runs():
+    """The settings that name a run are the recipe's keys that --set leaves to it, then --set."""
+    recipe = "task.recipe={training: {steps: 20000, lr: 0.001}}"
+    assert quality.settings_of("toy", ["training.steps=20000"]) == ["training.steps=20000"]  # toy has no recipe
+    assert quality.settings_of("toy", ["training.steps=5000", "seed=0"]) == []  # the defaults, restated
+    assert quality.settings_of("toy", [recipe]) == [recipe]
+    from dp.recipes import pending
+
+    tree = {"training": {"steps": 20000, "lr": 0.001}}
+    assert pending(tree, ["training.lr=0.01"]) == {"training.steps": 20000}
+    assert pending(tree, ["training={steps: 1}"]) == {}
+    assert quality.settings_tag([f"{k}={v}" for k, v in pending(tree, []).items()]) == \
+        quality.settings_tag(["training.steps=20000", "training.lr=0.001"])
+    assert quality.settings_tag([]) == ""
 
 
 def test_task_specs_and_row_merging():

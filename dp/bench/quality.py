@@ -9,7 +9,9 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   data/quality, apart from hand-collected stores of other sizes), collected with ``dp-collect``
   from the scripted expert (``task.demos`` episodes, per task of a set) when it does not exist;
 - per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
-  ``--set`` overrides into ``<runs>/<task>_<policy>[_<hash of the overrides>]_seed<S>`` (resumed when interrupted; a run
+  ``--set`` overrides into ``<runs>/<task>_<policy>[_<hash of the settings>]_seed<S>``, where the settings are
+  the recipe's keys that ``--set`` leaves to it and then ``--set`` itself (so a recipe value names the same
+  runs as the A/B that set it with ``--set``; resumed when interrupted; a run
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
   ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
   (``dp.eval.rollout.eval_seeds``);
@@ -18,7 +20,7 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   seed, steps, the machine.
 
 A task set (mt50) also gets ``bench/results/quality_<set>_<policy>_per_task.md``, one row per task.
-Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, overrides):
+Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, settings):
 run the harness task by task and the table keeps every row. The Diffusion Policy paper reports
 the max over checkpoints and the mean of the last 10; this table evaluates the final
 checkpoint only (stricter than the max).
@@ -37,7 +39,7 @@ import numpy as np
 from dp.results import RESULTS_DIR, machine_info, write_result
 
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
-           "steps", "overrides", "machine"]
+           "steps", "settings", "machine"]
 
 
 def task_spec(spec: str) -> tuple[str, str]:
@@ -49,13 +51,18 @@ def task_spec(spec: str) -> tuple[str, str]:
     return name, obs
 
 
-def _task_cfg(name: str):
+def _train_cfg(name: str):
+    """dp-train's config for task ``name`` with the defaults (its recipe not applied)."""
     from hydra import compose, initialize_config_dir
 
     from dp.constants import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose("train", overrides=[f"task={name}"]).task
+        return compose("train", overrides=[f"task={name}"])
+
+
+def _task_cfg(name: str):
+    return _train_cfg(name).task
 
 
 def _run(cmd: list[str]) -> None:
@@ -76,18 +83,46 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
     return path
 
 
-def _overrides_tag(overrides: list[str]) -> str:
-    """Runs with other ``--set`` overrides go to other directories: ``_<8 hex of their hash>``."""
-    if not overrides:
+def settings_of(name: str, overrides: list[str]) -> list[str]:
+    """What makes a task's runs differ from the defaults: its recipe's keys that ``overrides`` (``--set``)
+    leaves to it, then ``overrides``, as ``key=value``, less any that only restates a default
+    (``training.steps=5000``). A recipe value and the same ``--set`` give the same settings, so they
+    name the same runs; the defaults, set or not, name the runs without a hash."""
+    if any(o.lstrip("+~").startswith("task.recipe") for o in overrides):
+        return list(overrides)
+    from omegaconf import OmegaConf
+
+    from dp.recipes import pending
+
+    cfg = _train_cfg(name)
+    recipe = cfg.task.get("recipe")
+    tree = OmegaConf.to_container(recipe, resolve=True) if recipe else {}
+    settings = [f"{k}={v}" for k, v in pending(tree, overrides).items()] + list(overrides)
+
+    def restates_default(item: str) -> bool:
+        key, _, value = item.partition("=")
+        if key.startswith(("+", "~")):
+            return False
+        default = OmegaConf.select(cfg, key, default=None)
+        return default is not None and not OmegaConf.is_config(default) and str(default) == value
+
+    return [item for item in settings if not restates_default(item)]
+
+
+def settings_tag(settings: list[str]) -> str:
+    """Runs with other settings go to other directories: ``_<8 hex of their hash>``, none for the defaults."""
+    if not settings:
         return ""
-    return "_" + hashlib.sha256("\n".join(overrides).encode()).hexdigest()[:8]
+    return "_" + hashlib.sha256("\n".join(settings).encode()).hexdigest()[:8]
 
 
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
-                   episodes: int, data: Path, demos: int | None = None, device: str = "cpu") -> dict:
-    """One seed's run (trained and evaluated unless already done) -> its eval report and train summary."""
+                   episodes: int, data: Path, demos: int | None = None, device: str = "cpu",
+                   settings: list[str] | None = None) -> dict:
+    """One seed's run (trained and evaluated unless already done) -> its eval report and train summary.
+    ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself."""
     store = store_for(name, obs, data, demos)
-    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}{_overrides_tag(overrides)}_seed{seed}"
+    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}{settings_tag(overrides if settings is None else settings)}_seed{seed}"
     out = runs / tag
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
@@ -101,7 +136,7 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
     return {"report": json.loads(report.read_text()), "train": json.loads((out / "train_summary.json").read_text())}
 
 
-def quality_row(name: str, obs: str, policy: str, overrides: list[str], seeds: list[int], runs_out: list[dict],
+def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: list[int], runs_out: list[dict],
                 machine: str) -> dict:
     """One table row from each seed's eval report and train summary."""
     success = [r["report"]["success_rate"] for r in runs_out]
@@ -110,7 +145,7 @@ def quality_row(name: str, obs: str, policy: str, overrides: list[str], seeds: l
            "success_mean": float(np.mean(success)), "success_std": float(np.std(success, ddof=1)) if len(success) > 1
            else 0.0, "per_seed": " / ".join(f"{s:.0%}" for s in success),
            "train_min": float(np.mean([r["train"].get("total_seconds", r["train"]["seconds"]) for r in runs_out]) / 60),
-           "steps": runs_out[0]["train"]["steps"], "overrides": " ".join(overrides), "machine": machine,
+           "steps": runs_out[0]["train"]["steps"], "settings": " ".join(settings), "machine": machine,
            "episodes_per_seed": runs_out[0]["report"]["episodes"], "seed_list": seeds}
     if scores and all(s is not None for s in scores):
         row["score_mean"] = float(np.mean(scores))
@@ -129,8 +164,8 @@ def per_task_rows(runs_out: list[dict]) -> list[dict]:
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
-    """Old rows with the same (task, policy, overrides) as a new one are replaced; order kept."""
-    key = lambda r: (r["task"], r["policy"], r.get("overrides", ""))  # noqa: E731
+    """Old rows with the same (task, policy, settings) as a new one are replaced; order kept."""
+    key = lambda r: (r["task"], r["policy"], r.get("settings", r.get("overrides", "")))  # noqa: E731
     fresh = {key(r): r for r in new}
     kept = [fresh.pop(key(r), r) for r in old]
     return kept + list(fresh.values())
@@ -156,15 +191,19 @@ def main(argv: list[str] | None = None) -> None:
     m = machine_info(device)
     machine = f"{m['cpu']} ({m['cpu_count']} cores)" + (f", {m['device']}" if device != "cpu" else "")
     for name, obs in specs:
+        settings = settings_of(name, overrides)
         for policy in args.policies:
             outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
-                                   args.demos, device)
+                                   args.demos, device, settings)
                     for s in args.seeds]
-            row = quality_row(name, obs, policy, overrides, args.seeds, outs, machine)
+            row = quality_row(name, obs, policy, settings, args.seeds, outs, machine)
             if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
-                write_result(f"quality_{name}_{policy}{_overrides_tag(overrides)}_per_task", per_task_rows(outs),
+                write_result(f"quality_{name}_{policy}{settings_tag(settings)}_per_task", per_task_rows(outs),
                              ["task", "success_mean", "per_seed"], {"row": row}, device=device)
             path = RESULTS_DIR / "quality.json"  # written row by row: a long task list keeps what it finished
             old = json.loads(path.read_text())["rows"] if path.exists() else []
+            for r in old:  # rows written before the column was named settings
+                if "overrides" in r:
+                    r["settings"] = r.pop("overrides")
             write_result("quality", merge_rows(old, [row]), COLUMNS, device=device)
     print((RESULTS_DIR / "quality.md").read_text())
