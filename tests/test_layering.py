@@ -14,6 +14,7 @@ ALLOWED = {
     "dp.data": set(),
     "dp.runtime": set(),
     "dp.envs": set(),
+    "dp.recipes": set(),
     "dp.checkpoint": {"dp.data", "dp.runtime"},
     "dp.diffusion": {"dp.core"},
     "dp.encoders": {"dp.core"},
@@ -24,7 +25,7 @@ ALLOWED = {
     "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "dp.envs"},
     "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "dp.envs"},
     "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.video", "dp.data", "dp.checkpoint",
-                 "dp.eval", "dp.train", "dp.deploy", "dp.runtime"},
+                 "dp.eval", "dp.train", "dp.deploy", "dp.runtime", "dp.recipes"},
 }
 SIBLINGS = {"dp.train", "dp.eval", "dp.bench", "dp.control"}
 
