@@ -382,15 +382,15 @@ class Trainer:
                   f"device {self.device}; {self.dist.world} process(es)")
         bar = tqdm(total=t.steps, initial=self.step, desc="train", unit="step", disable=not (main and cfg.progress))
         t0, start_step, recent = time.perf_counter(), self.step, []
-        recent_parts: dict[str, list[float]] = {}  # loss parts (keys ending in _loss, e.g. action_loss, image_loss)
+        recent_parts: dict[str, list[torch.Tensor]] = {}  # loss parts (keys ending in _loss, e.g. action_loss, image_loss)
         self._segment_start = t0
         with GracefulInterrupt() as interrupt:
             while self.step < t.steps:
                 loss = self.train_step()
                 recent.append(loss)
-                for k, v in self.last_metrics.items():
+                for k, v in self.last_metrics.items():  # kept on the device: read once per log window
                     if k.endswith("_loss") and v.numel() == 1:
-                        recent_parts.setdefault(k, []).append(float(v))
+                        recent_parts.setdefault(k, []).append(v.reshape(()))
                 if self.step % t.log_every == 0 or self.step == t.steps:
                     mean_loss = mean_across(float(np.mean(recent)), self.dist)
                     recent = []
@@ -399,7 +399,7 @@ class Trainer:
                     self.history["loss"].append(mean_loss)
                     self.history["lr"].append(lr)
                     for k, values in recent_parts.items():  # the loss parts, averaged like the loss
-                        self.history.setdefault(k, []).append(float(np.mean(values)))
+                        self.history.setdefault(k, []).append(float(torch.stack(values).float().mean()))
                     recent_parts = {}
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.1e}")
                     if run is not None:
