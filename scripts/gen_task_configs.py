@@ -11,6 +11,8 @@ from pathlib import Path
 from dp import envs
 
 EXTRA_OPTIONS: dict[str, dict] = {}
+# Low-dim observation dims that are angles (radians, wrapping at 2 pi), with the A/B that justified each.
+OBS_ANGLES: dict[str, str] = {}
 # Per task: train-config keys that differ from the defaults, each with the A/B that justified it
 # (a comment here and an entry in CHANGELOG.md). An empty recipe means the defaults were good enough.
 RECIPES: dict[str, dict] = {
@@ -33,6 +35,8 @@ def render(name: str, env: str, instruction: str | None) -> str:
         f"name: {name}\nenv: {env}\n{opt_lines}\n"
         "obs: state                  # state | image (image also needs a store collected with obs=image)\n"
         "obs_keys: null             # obs name -> store key(s), e.g. {state: [agent_pos, object]}; null: from obs\n"
+        f"{'obs_angles: ' + str(OBS_ANGLES.get(name, 'null')):<27}# obs name -> dims in radians, seen as (sin, cos); "
+        "e.g. {state: [4]}\n"
         f"dataset_path: data/{name}.zarr\n"
         "allow_mismatch: false      # true: train even when the dataset records other task(s) than env\n"
         f"{'demos: ' + str(DEMOS.get(name, DEFAULT_DEMOS)):<27}# demonstrations (per task of a set) the recipe assumes\n"

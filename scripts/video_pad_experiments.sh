@@ -14,7 +14,7 @@ POLICY_STEPS=${POLICY_STEPS:-3000}
 EPISODES=${EPISODES:-50}
 PART=${PART:-all}
 PAD_BATCH=${PAD_BATCH:-64}
-RUNS=${RUNS:-mw3_dit mw3_pad mw3_pad_cotrain mw3_pad_w01}
+RUNS=${RUNS:-mw3_dit mw3_pad mw3_pad_cotrain mw3_pad_w01 mw3_pad_shift}
 
 collect() {  # collect TASK N OUT
   [ -e "$3" ] || dp-collect task="$1" n_episodes="$2" obs=image output="$3" progress=false
@@ -54,8 +54,11 @@ collect mw_window_open 50 data/mw_window_open_img.zarr
 # PAD against the image dit on three tasks with language, the same steps and batch
 LANG='policy.language={encoder: builtin, layers: 2}'
 # mw3_pad_w01: the A/B on PAD's image loss weight (1.0 -> 0.1), same steps and batch
+# mw3_pad_shift: on top of w01, DrQ random shift of 4 px on PAD's clips (the dit's encoder random-crops 84 -> 76;
+# PAD's patch tokens had no augmentation)
 declare -A EXTRA=([mw3_dit]="policy=dit" [mw3_pad]="policy=pad" [mw3_pad_cotrain]="policy=pad"
-                  [mw3_pad_w01]="policy=pad policy.image_loss_weight=0.1")
+                  [mw3_pad_w01]="policy=pad policy.image_loss_weight=0.1"
+                  [mw3_pad_shift]="policy=pad policy.image_loss_weight=0.1 policy.shift=4")
 for run in $RUNS; do
   video=()
   [ "$run" = mw3_pad_cotrain ] && video=('task.video_datasets=[{path: data/mw_door_open_img.zarr}, {path: data/mw_window_open_img.zarr}]')

@@ -81,6 +81,15 @@ class Normalizer(nn.Module):
         norm.load_state_dict({k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(head)})
         return norm
 
+    def pass_through(self, key: str, dims) -> None:
+        """Leave dims ``dims`` of ``key`` as they are (scale 1, offset 0): angles in radians, which the
+        observation encoder turns into sin and cos itself (an affine map keeps their wrap-around jump)."""
+        p = self._get(key)
+        for d in dims:
+            if not 0 <= int(d) < p.scale.shape[0]:
+                raise ValueError(f"Normalizer '{key}' has {p.scale.shape[0]} dims; dim {d} is out of range.")
+            p.scale[int(d)], p.offset[int(d)] = 1.0, 0.0
+
     def keys(self) -> list[str]:
         return list(self.params.keys())
 

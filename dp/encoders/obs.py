@@ -2,7 +2,8 @@
 
 shape_meta (from the dataset; stored in the policy config)::
 
-    {"action": [A], "obs": {"state": [S], "image": [3, H, W], ...}}
+    {"action": [A], "obs": {"state": [S], "image": [3, H, W], ...},
+     "angles": {"state": [4]}}   # optional: low-dim dims that are angles in radians (StateEncoder)
 
 Obs keys with a 3-D shape are cameras (each gets its own CNN); 1-D keys are low-dim
 vectors (each gets its own MLP). Output: [B, To * n_keys, D] with a learned embedding
@@ -28,6 +29,20 @@ def lowdim_keys(shape_meta: dict) -> list[str]:
     return sorted(k for k, s in shape_meta["obs"].items() if len(s) == 1)
 
 
+def angle_dims(shape_meta: dict) -> dict[str, list[int]]:
+    """``shape_meta["angles"]`` (obs name -> dims in radians), checked against the low-dim obs."""
+    angles = {k: [int(d) for d in v] for k, v in (shape_meta.get("angles") or {}).items()}
+    for k, dims in angles.items():
+        shape = shape_meta["obs"].get(k)
+        if shape is None or len(shape) != 1:
+            raise ConfigError(f"task.obs_angles names '{k}', which is not a low-dim observation; the low-dim "
+                              f"observations are {lowdim_keys(shape_meta)}.")
+        bad = [d for d in dims if not 0 <= d < shape[0]]
+        if bad or len(set(dims)) != len(dims):
+            raise ConfigError(f"task.obs_angles['{k}'] must list distinct dims in [0, {shape[0]}); got {dims}.")
+    return angles
+
+
 class ObsEncoder(nn.Module):
     def __init__(self, shape_meta: dict, dim: int, n_obs_steps: int, image: dict | None = None):
         super().__init__()
@@ -41,8 +56,9 @@ class ObsEncoder(nn.Module):
         self.n_obs_steps = n_obs_steps
         self.views = {k: shape_meta["obs"][k][0] if len(shape_meta["obs"][k]) == 4 else 1 for k in self.cameras}
         self.encoders = nn.ModuleDict()
+        angles = angle_dims(shape_meta)
         for k in self.lowdim:
-            self.encoders[k] = StateEncoder(shape_meta["obs"][k][0], dim)
+            self.encoders[k] = StateEncoder(shape_meta["obs"][k][0], dim, angles=angles.get(k))
         for k in self.cameras:
             c, h, w = shape_meta["obs"][k][-3:]
             if c != 3 or h != w:

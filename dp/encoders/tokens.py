@@ -179,6 +179,9 @@ class ObservationTokens(nn.Module):
         bad = {k: s for k, s in obs.items() if len(s) != 1 and not is_image_shape(s)}
         if bad:
             raise ConfigError(f"obs keys must be low-dim [S] or images [3, H, W] / [V, 3, H, W]; got {bad}.")
+        if shape_meta.get("angles"):
+            raise ConfigError(f"task.obs_angles ({shape_meta['angles']}) is read by the per-key observation encoder "
+                              f"only; set policy.obs_tokens=per_key, or task.obs_angles=null.")
         lowdim = {k: s for k, s in obs.items() if len(s) == 1}
         self.image_keys = sorted(k for k, s in obs.items() if is_image_shape(s))
         self.state = StateTokens(lowdim, dim, n_obs_steps) if lowdim else None

@@ -175,6 +175,8 @@ class Trainer:
         self.dataset = open_dataset(cfg)
         self.val_dataset = self.dataset.get_validation_dataset() if cfg.training.val_ratio > 0 else None
         self.shape_meta = shape_meta_of(self.dataset)
+        if cfg.task.get("obs_angles"):  # low-dim dims in radians: the encoder sees their sin and cos
+            self.shape_meta["angles"] = OmegaConf.to_container(cfg.task.obs_angles, resolve=True)
         policy_cfg = OmegaConf.to_container(cfg.policy, resolve=True)
         policy_cfg.pop("name", None)
         policy_cfg["shape_meta"] = self.shape_meta
@@ -185,7 +187,10 @@ class Trainer:
         self.policy = build_policy(policy_cfg).to(self.device)
         # optional hooks: a model needs only compute_loss(batch) -> {"loss": ...}
         if hasattr(self.policy, "set_normalizer"):
-            self.policy.set_normalizer(self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits")))
+            normalizer = self.dataset.fit_normalizer(cfg.training.get("normalizer", "limits"))
+            for key, dims in self.shape_meta.get("angles", {}).items():  # checked by the policy's obs encoder
+                normalizer.pass_through(key, dims)
+            self.policy.set_normalizer(normalizer)
         if hasattr(self.policy, "fit_to_data"):  # e.g. anchors for truncated diffusion (resuming reloads them)
             self.policy.fit_to_data(self.dataset)
         if cfg.training.get("init_from") and not (cfg.resume and has_checkpoints(self.ckpt_root)):
