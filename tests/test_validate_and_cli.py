@@ -184,3 +184,28 @@ def test_dp_eval_reports_non_finite_predictions(tmp_path, monkeypatch, capsys):
     report = json.loads((tmp_path / "blown" / "eval" / "report.json").read_text())
     assert report["nonfinite_episodes"] == 3 and report["success_rate"] == 0.0
     assert all(e["nonfinite"] and e["length"] == 0 for e in report["per_task"]["toy"]["episode_results"])
+
+
+def test_dp_eval_n_action_steps_sets_how_often_the_policy_predicts(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dp.eval.cli import main as dp_eval
+    from train_helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "run")  # horizon 8, n_obs_steps 2, trained n_action_steps 4
+    calls = {}
+    for n in (4, 1):
+        out = tmp_path / f"eval_{n}"
+        monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
+                                          "n_videos=0", "progress=false", f"n_action_steps={n}", "max_steps=24",
+                                          f"output_dir={out}"])
+        dp_eval()
+        report = json.loads((out / "report.json").read_text())
+        assert report["n_action_steps"] == n and f"actions executed per chunk: {n}" in (out / "report.md").read_text()
+        calls[n] = report["latency_ms"]["calls"]
+    assert calls[1] >= 3 * calls[4]  # one prediction per step, against one per 4 steps
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "n_action_steps=8"])
+    with pytest.raises(SystemExit) as exit_info:
+        dp_eval()
+    assert exit_info.value.code == 2
+    assert "n_action_steps: expected an integer in [1, horizon - n_obs_steps + 1 = 7], found 8" in capsys.readouterr().err

@@ -72,6 +72,17 @@ class Policy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    def set_action_steps(self, n: int) -> None:
+        """Execute ``n`` actions of each predicted chunk before predicting again (the receding horizon;
+        training fixes only the chunk, so this is an inference-time choice). Recorded in ``config``."""
+        most = self.horizon - self.n_obs_steps + 1
+        if not (isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= most):
+            raise ConfigError(f"n_action_steps: expected an integer in [1, horizon - n_obs_steps + 1 = {most}], "
+                              f"found {n!r}.")
+        self.n_action_steps = n
+        self.config["n_action_steps"] = n
+        self.reset()
+
     def executed_actions(self, chunk: torch.Tensor) -> torch.Tensor:
         """The part of a predicted chunk that is executed: [B, H, A] -> [B, Ta, A].
 

@@ -153,6 +153,21 @@ class DenoisingPolicy(Policy):
         self.sampler = self._checked(make_sampler(name, steps, **options))
         self.config["sampler"] = {"name": name, "steps": steps, **options}
 
+    def set_action_steps(self, n: int) -> None:
+        """As ``Policy.set_action_steps``; a policy trained on staggered levels keeps the chunks it trained on,
+        and the sampler is checked against the new chunk."""
+        old = self.n_action_steps
+        if self.stream_fraction > 0 and n != old:
+            raise ConfigError(f"n_action_steps: this policy trained on staggered levels over chunks of {old} "
+                              f"actions (policy.streaming.train_fraction > 0), so it executes {old}; found {n}.")
+        super().set_action_steps(n)
+        self._plans.clear()
+        try:
+            self._checked(self.sampler)
+        except ConfigError:
+            super().set_action_steps(old)
+            raise
+
     def normalized_keys(self) -> list[str]:
         return ["action", *self.obs_encoder.lowdim]
 
