@@ -12,6 +12,12 @@ LANG_SET='policy.language={encoder: builtin, layers: 2}'
 # recipe A/Bs (seed 0): the defaults against one changed setting; an adopted value goes into the task's recipe
 dp-bench quality --tasks rs_square rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set training.steps=5000
 dp-bench quality --tasks rs_square --seeds 0 --set training.steps=20000
+dp-bench quality --tasks rs_square --seeds 0 --set training.steps=50000
+# PushT: the block angle as (sin, cos), at 5000 and at 20000 steps; then chunks executed 2 actions at a time
+dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}'
+dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}' training.steps=20000
+run=$(python -c "from dp.bench.quality import run_dir; print(run_dir('pusht', 'dit', 0, ['task.obs_angles={state: [4]}', 'training.steps=20000']))")
+[ -e "$run/eval_ta2/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=2 n_videos=2 progress=false output_dir="$run/eval_ta2"
 
 dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
 dp-bench quality --tasks pusht@image --seeds $SEEDS

@@ -20,6 +20,7 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     row = rows[0]
     assert row["task"] == "toy" and row["policy"] == "mlp_bc" and row["seeds"] == 2 and row["steps"] == 4
     run = f"runs/q/toy_mlp_bc{quality.settings_tag(tiny)}_seed"  # the settings' hash names the runs
+    assert str(quality.run_dir("toy", "mlp_bc", 1, tiny, runs="runs/q")) == f"{run}1"
     per_seed = [json.loads((tmp_path / f"{run}{s}/eval_quality/report.json").read_text()) for s in (0, 1)]
     assert [r["episodes"] for r in per_seed] == [3, 3]
     assert row["success_mean"] == pytest.approx(sum(r["success_rate"] for r in per_seed) / 2)

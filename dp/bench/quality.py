@@ -116,14 +116,25 @@ def settings_tag(settings: list[str]) -> str:
     return "_" + hashlib.sha256("\n".join(settings).encode()).hexdigest()[:8]
 
 
+def run_name(name: str, obs: str, policy: str, settings: list[str], seed: int) -> str:
+    """``<task>[_img]_<policy>[_<hash of the settings>]_seed<S>``: one run's directory under ``--runs``."""
+    return f"{name}{'_img' if obs == 'image' else ''}_{policy}{settings_tag(settings)}_seed{seed}"
+
+
+def run_dir(name: str, policy: str, seed: int, overrides: list[str], obs: str = "state",
+            runs: str = "runs/quality") -> Path:
+    """Where ``dp-bench quality --tasks NAME --policies POLICY --seeds SEED --set OVERRIDES`` puts its run
+    (for scripts that evaluate it further)."""
+    return Path(runs) / run_name(name, obs, policy, settings_of(name, overrides), seed)
+
+
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
                    episodes: int, data: Path, demos: int | None = None, device: str = "cpu",
                    settings: list[str] | None = None) -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary.
     ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself."""
     store = store_for(name, obs, data, demos)
-    tag = f"{name}{'_img' if obs == 'image' else ''}_{policy}{settings_tag(overrides if settings is None else settings)}_seed{seed}"
-    out = runs / tag
+    out = runs / run_name(name, obs, policy, overrides if settings is None else settings, seed)
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
               f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
