@@ -57,6 +57,17 @@ def test_a_recipe_and_the_same_set_name_the_same_runs():
     assert quality.settings_tag([]) == ""
 
 
+def test_a_task_setting_and_the_same_set_name_the_same_runs(monkeypatch):
+    """task.obs_angles set in the task config names runs as --set 'task.obs_angles=...' does; order is free."""
+    cfg = quality._train_cfg("toy")
+    cfg.task.obs_angles = {"state": [3]}
+    monkeypatch.setattr(quality, "_train_cfg", lambda name: cfg)
+    assert quality.settings_of("toy", []) == ["task.obs_angles={state: [3]}"]
+    assert quality.settings_of("toy", ["training.lr=0.01"]) == \
+        quality.settings_of("toy", ["training.lr=0.01", "task.obs_angles={state: [3]}"]) == \
+        ["task.obs_angles={state: [3]}", "training.lr=0.01"]
+
+
 def test_task_specs_and_row_merging():
     assert quality.task_spec("pusht@image") == ("pusht", "image") and quality.task_spec("rs_can") == ("rs_can", "state")
     with pytest.raises(SystemExit, match="after @ must be 'image'"):

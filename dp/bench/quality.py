@@ -38,6 +38,8 @@ import numpy as np
 
 from dp.results import RESULTS_DIR, machine_info, write_result
 
+# task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
+TASK_SETTINGS = ("obs_angles",)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
            "steps", "settings", "machine"]
 
@@ -84,10 +86,11 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
 
 
 def settings_of(name: str, overrides: list[str]) -> list[str]:
-    """What makes a task's runs differ from the defaults: its recipe's keys that ``overrides`` (``--set``)
-    leaves to it, then ``overrides``, as ``key=value``, less any that only restates a default
-    (``training.steps=5000``). A recipe value and the same ``--set`` give the same settings, so they
-    name the same runs; the defaults, set or not, name the runs without a hash."""
+    """What makes a task's runs differ from the defaults, sorted: its recipe's keys that ``overrides``
+    (``--set``) leaves to it, the task config's ``TASK_SETTINGS`` it sets, and ``overrides``, as
+    ``key=value``, less any that only restates a default (``training.steps=5000``). A recipe or task value
+    and the same ``--set`` give the same settings, so they name the same runs; the defaults, set or not,
+    name the runs without a hash."""
     if any(o.lstrip("+~").startswith("task.recipe") for o in overrides):
         return list(overrides)
     from omegaconf import OmegaConf
@@ -98,6 +101,11 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
     recipe = cfg.task.get("recipe")
     tree = OmegaConf.to_container(recipe, resolve=True) if recipe else {}
     settings = [f"{k}={v}" for k, v in pending(tree, overrides).items()] + list(overrides)
+    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    for key in TASK_SETTINGS:  # set in the task config itself (not its recipe), named as --set would name them
+        value = cfg.task.get(key)
+        if value is not None and f"task.{key}" not in given:
+            settings.append(f"task.{key}={_flow(OmegaConf.to_container(value, resolve=True))}")
 
     def restates_default(item: str) -> bool:
         key, _, value = item.partition("=")
@@ -106,7 +114,16 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
         default = OmegaConf.select(cfg, key, default=None)
         return default is not None and not OmegaConf.is_config(default) and str(default) == value
 
-    return [item for item in settings if not restates_default(item)]
+    return sorted(item for item in settings if not restates_default(item))
+
+
+def _flow(value) -> str:
+    """A config value as a command line writes it: {state: [4]}."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return str(value)
 
 
 def settings_tag(settings: list[str]) -> str:
