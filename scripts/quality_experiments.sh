@@ -13,11 +13,14 @@ LANG_SET='policy.language={encoder: builtin, layers: 2}'
 dp-bench quality --tasks rs_square rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set training.steps=5000
 dp-bench quality --tasks rs_square --seeds 0 --set training.steps=20000
 dp-bench quality --tasks rs_square --seeds 0 --set training.steps=50000
-# PushT: the block angle as (sin, cos), at 5000 and at 20000 steps; then chunks executed 2 actions at a time
-dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}'
-dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}' training.steps=20000
-run=$(python -c "from dp.bench.quality import run_dir; print(run_dir('pusht', 'dit', 0, ['task.obs_angles={state: [4]}', 'training.steps=20000']))")
-[ -e "$run/eval_ta2/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=2 n_videos=2 progress=false output_dir="$run/eval_ta2"
+# PushT (policy.n_action_steps=8: the defaults' arm, before the recipe's 2): the block angle as (sin, cos) or raw,
+# at 5000 and 20000 steps; then each 20000-step checkpoint executing 2 actions per chunk
+dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}' policy.n_action_steps=8 training.steps=5000
+for angles in 'task.obs_angles={state: [4]}' 'task.obs_angles=null'; do
+  dp-bench quality --tasks pusht --seeds 0 --set "$angles" policy.n_action_steps=8 training.steps=20000
+  run=$(python -c "import sys; from dp.bench.quality import run_dir; print(run_dir('pusht', 'dit', 0, [sys.argv[1], 'policy.n_action_steps=8', 'training.steps=20000']))" "$angles")
+  [ -e "$run/eval_ta2/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=2 n_videos=2 progress=false output_dir="$run/eval_ta2"
+done
 
 dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
 dp-bench quality --tasks pusht@image --seeds $SEEDS

@@ -46,6 +46,7 @@ def test_a_recipe_and_the_same_set_name_the_same_runs():
     recipe = "task.recipe={training: {steps: 20000, lr: 0.001}}"
     assert quality.settings_of("toy", ["training.steps=20000"]) == ["training.steps=20000"]  # toy has no recipe
     assert quality.settings_of("toy", ["training.steps=5000", "seed=0"]) == []  # the defaults, restated
+    assert quality.settings_of("toy", ["task.obs_angles=null"]) == []  # a null default, restated
     assert quality.settings_of("toy", [recipe]) == [recipe]
     from dp.recipes import pending
 

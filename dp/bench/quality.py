@@ -38,6 +38,7 @@ import numpy as np
 
 from dp.results import RESULTS_DIR, machine_info, write_result
 
+_ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
 TASK_SETTINGS = ("obs_angles",)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
@@ -111,8 +112,10 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
         key, _, value = item.partition("=")
         if key.startswith(("+", "~")):
             return False
-        default = OmegaConf.select(cfg, key, default=None)
-        return default is not None and not OmegaConf.is_config(default) and str(default) == value
+        default = OmegaConf.select(cfg, key, default=_ABSENT)
+        if default is _ABSENT or OmegaConf.is_config(default):
+            return False
+        return ("null" if default is None else str(default)) == value
 
     return sorted(item for item in settings if not restates_default(item))
 
