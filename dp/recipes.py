@@ -40,17 +40,17 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _given_keys(overrides: list[str]) -> set[str]:
-    """Keys a command line sets a value for (``a.b=1``, ``+a.b=1``), leaving out config-group choices
-    (``policy=mode``: a directory of dp/configs), which keep the recipe."""
-    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o}
+def given_keys(overrides: list[str]) -> set[str]:
+    """Keys a command line sets or deletes (``a.b=1``, ``+a.b=1``, ``~a.b``), leaving out config-group
+    choices (``policy=mode``: a directory of dp/configs), which keep the recipe."""
+    keys = {o.lstrip("+~").split("=", 1)[0] for o in overrides if "=" in o or o.startswith("~")}
     return {k for k in keys if not (Path(CONFIG_DIR) / k.replace(".", "/")).is_dir()}
 
 
 def pending(recipe: dict, overrides: list[str]) -> dict[str, Any]:
     """The recipe's keys (dotted) that the command line ``overrides`` leaves to it: those it sets
     neither itself nor through a parent key."""
-    given = _given_keys(overrides)
+    given = given_keys(overrides)
     out = {}
     for key, value in flatten(recipe).items():
         parts = key.split(".")

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from dp.constants import CONFIG_DIR
 from dp.errors import ConfigError
-from dp.recipes import apply_recipe, flatten
+from dp.recipes import apply_recipe, flatten, given_keys, pending
 from train_helpers import toy_dataset, train_cli_args
 
 
@@ -31,6 +31,13 @@ def test_recipe_sets_its_keys_unless_the_command_line_does():
     assert cfg.policy.name == "mlp_bc"
     overrides = [RECIPE, "training={steps: 5}"]
     assert "training.lr" not in apply_recipe(train_cfg(*overrides), overrides)
+
+
+def test_a_key_the_command_line_sets_or_deletes_is_left_out_of_the_recipe():
+    overrides = ["+policy.extra=1", "~training.lr", "training.steps=3", "policy=mlp_bc"]
+    assert given_keys(overrides) == {"policy.extra", "training.lr", "training.steps"}
+    recipe = {"training": {"steps": 7, "lr": 0.001, "batch_size": 8}, "policy": {"extra": 2}}
+    assert pending(recipe, overrides) == {"training.batch_size": 8}
 
 
 def test_a_recipe_key_the_config_lacks_is_refused_with_the_fix():

@@ -96,13 +96,13 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
         return list(overrides)
     from omegaconf import OmegaConf
 
-    from dp.recipes import pending
+    from dp.recipes import given_keys, pending
 
     cfg = _train_cfg(name)
     recipe = cfg.task.get("recipe")
     tree = OmegaConf.to_container(recipe, resolve=True) if recipe else {}
     settings = [f"{k}={v}" for k, v in pending(tree, overrides).items()] + list(overrides)
-    given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+    given = given_keys(overrides)
     for key in TASK_SETTINGS:  # set in the task config itself (not its recipe), named as --set would name them
         value = cfg.task.get(key)
         if value is not None and f"task.{key}" not in given:
