@@ -19,6 +19,8 @@ RECIPES: dict[str, dict] = {
     # 5000 -> 20000 -> 50000 steps: 4% -> 60% -> 80% success (seed 0, 50 episodes; validation loss 0.017 -> 0.0068
     # at 20000, still falling)
     "rs_square": {"training": {"steps": 50000}},
+    # 5000 -> 20000 steps: 88% -> 100% success (seed 0, 50 episodes)
+    "rs_can": {"training": {"steps": 20000}},
     # with the block angle as (sin, cos), seed 0, 50 episodes: 5000 -> 20000 steps: score 0.229 -> 0.524; on the
     # 20000-step checkpoint, executing 2 actions per chunk instead of 8: success 18% -> 38%, score 0.524 -> 0.705
     # (the scripted expert pushes up to 30 px a step; 8 open-loop steps carry the T far)
