@@ -1,5 +1,7 @@
 """dp-bench quality: collects, trains and evaluates over seeds, one row per (task, policy), rows kept across runs."""
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,16 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     stamp = report0.stat().st_mtime
     quality.main(args)
     assert report0.stat().st_mtime == stamp
+    # each seed left a record beside the table: the row comes back from the records without the run directories
+    records = sorted((tmp_path / "results" / "quality_runs").glob("*.json"))
+    assert [p.stem for p in records] == [Path(f"{run}{s}").name for s in (0, 1)]
+    record = json.loads(records[0].read_text())
+    assert record["report"]["success_rate"] == per_seed[0]["success_rate"] and "videos" not in record["report"]
+    shutil.move(tmp_path / "runs/q", tmp_path / "runs_elsewhere")
+    quality.main(args)
+    assert not (tmp_path / "runs/q").exists()  # nothing retrained or re-evaluated
+    assert json.loads((tmp_path / "results" / "quality.json").read_text())["rows"] == [row]
+    shutil.move(tmp_path / "runs_elsewhere", tmp_path / "runs/q")
     quality.main([*args, "training.lr=1e-3"])
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
     assert len(rows) == 2 and rows[0] == row and "training.lr=1e-3" in rows[1]["settings"]

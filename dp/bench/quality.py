@@ -19,6 +19,11 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   score, the best clip(coverage / 0.95, 0, 1) of an episode, averaged), training minutes per
   seed, steps, the machine.
 
+Each finished seed leaves a record, ``bench/results/quality_runs/<run name>.json`` (its eval report, less
+the per-call latencies and video paths, and its train summary), committed with the table: a row is rebuilt
+from the records, so seeds run on different machines or days add up without their run directories, and a seed
+with a record is not trained again (delete the record to redo it).
+
 A task set (mt50) also gets ``bench/results/quality_<set>_<policy>_per_task.md``, one row per task.
 Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, settings):
 run the harness task by task and the table keeps every row. The Diffusion Policy paper reports
@@ -41,6 +46,7 @@ from dp.results import RESULTS_DIR, machine_info, write_result
 _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
 TASK_SETTINGS = ("obs_angles",)
+_UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
            "steps", "settings", "machine"]
 
@@ -153,8 +159,12 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
                    settings: list[str] | None = None) -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary.
     ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself."""
+    run = run_name(name, obs, policy, overrides if settings is None else settings, seed)
+    record = RESULTS_DIR / "quality_runs" / f"{run}.json"
+    if record.exists():
+        return json.loads(record.read_text())
     store = store_for(name, obs, data, demos)
-    out = runs / run_name(name, obs, policy, overrides if settings is None else settings, seed)
+    out = runs / run
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
               f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
@@ -164,12 +174,26 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
     if not report.exists():
         _run([sys.executable, "-m", "dp.eval.cli", f"checkpoint={out}", f"n_episodes={episodes}",
               f"output_dir={report.parent}", f"device={device}", "progress=false"])
-    return {"report": json.loads(report.read_text()), "train": json.loads((out / "train_summary.json").read_text())}
+    result = {"report": {k: v for k, v in json.loads(report.read_text()).items() if k not in _UNRECORDED},
+              "train": json.loads((out / "train_summary.json").read_text()), "run": str(out),
+              "machine": machine_label(device)}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(record)
+    return result
 
 
-def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: list[int], runs_out: list[dict],
-                machine: str) -> dict:
-    """One table row from each seed's eval report and train summary."""
+def machine_label(device: str) -> str:
+    """``AMD EPYC (2 cores)``, with the accelerator when not on the CPU."""
+    m = machine_info(device)
+    return f"{m['cpu']} ({m['cpu_count']} cores)" + (f", {m['device']}" if device != "cpu" else "")
+
+
+def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: list[int],
+                runs_out: list[dict]) -> dict:
+    """One table row from each seed's record: eval report, train summary and machine."""
+    machine = "; ".join(dict.fromkeys(r["machine"] for r in runs_out))
     success = [r["report"]["success_rate"] for r in runs_out]
     scores = [t.get("mean_score") for r in runs_out for t in r["report"]["per_task"].values()]
     row = {"task": name if obs == "state" else f"{name}@image", "policy": policy, "seeds": len(seeds),
@@ -219,15 +243,13 @@ def main(argv: list[str] | None = None) -> None:
     device = args.device
     specs = [task_spec(t) for t in args.tasks]
     overrides = list(args.overrides)
-    m = machine_info(device)
-    machine = f"{m['cpu']} ({m['cpu_count']} cores)" + (f", {m['device']}" if device != "cpu" else "")
     for name, obs in specs:
         settings = settings_of(name, overrides)
         for policy in args.policies:
             outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
                                    args.demos, device, settings)
                     for s in args.seeds]
-            row = quality_row(name, obs, policy, settings, args.seeds, outs, machine)
+            row = quality_row(name, obs, policy, settings, args.seeds, outs)
             if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
                 write_result(f"quality_{name}_{policy}{settings_tag(settings)}_per_task", per_task_rows(outs),
                              ["task", "success_mean", "per_seed"], {"row": row}, device=device)
