@@ -227,6 +227,7 @@ def test_tiny_mode_trains_on_toy_and_reloads(tmp_path):
     losses = trainer.history["loss"]
     assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:5]), losses
     assert "balance_loss" in trainer.last_metrics
+    assert np.isfinite(trainer.val_loss())  # the EMA model in eval mode reads the single-task store's instruction
     policy = Policy.from_checkpoint(result["checkpoint"])
     assert isinstance(policy, MoDEPolicy)
     state_dim = policy.config["shape_meta"]["obs"]["state"][0]

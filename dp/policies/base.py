@@ -118,14 +118,23 @@ class Policy(nn.Module):
             self._queue.extend(self.executed_actions(self.predict_action(self._history.batch())).unbind(1))
         return self._queue.popleft()
 
+    def with_dataset_language(self, obs: dict, batch: dict) -> dict:
+        """``obs`` of a dataset ``batch`` (training or validation) with what names each sample's instruction:
+        the batch's ``task_id``, or a single-task store's only instruction. Rollouts pass ``obs["instruction"]``
+        themselves, and a missing one is an error there."""
+        if "instruction" not in obs:
+            if "task_id" in batch:
+                obs["task_id"] = batch["task_id"]
+            elif len(self.instructions) == 1:
+                obs["instruction"] = self.instructions * len(batch["action"])
+        return obs
+
     def _instructions(self, obs: dict, b: int) -> list[str]:
-        """``obs["instruction"]`` (rollouts), else in training the dataset's instruction of each
-        sample's ``task_id`` (or its only one); ``b`` is the batch size."""
+        """``obs["instruction"]``, else the dataset's instruction of each sample's ``task_id`` (see
+        ``with_dataset_language``); ``b`` is the batch size."""
         texts = obs.get("instruction")
         if texts is None and "task_id" in obs:
             texts = [self.instructions[i] for i in obs["task_id"].reshape(-1).tolist()]
-        elif texts is None and len(self.instructions) == 1 and self.training:  # a single-task store
-            texts = self.instructions * b
         if texts is None:
             raise KeyError("this policy is conditioned on language: pass obs['instruction'], a list of B strings "
                            "(dp-eval does this from the env's instruction).")

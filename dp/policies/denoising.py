@@ -316,9 +316,7 @@ class DenoisingPolicy(Policy):
 
     # -------------------------------------------------------------- interface
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
-        obs = self.normalize_obs(batch["obs"])
-        if "task_id" in batch and "instruction" not in obs:
-            obs["task_id"] = batch["task_id"]
+        obs = self.with_dataset_language(self.normalize_obs(batch["obs"]), batch)
         x0 = self.codec.target(self.normalizer.normalize("action", batch["action"].float()))
         cache = self.encode_obs(obs)
         level = self.training_levels(x0.shape[0], x0.device)

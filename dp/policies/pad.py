@@ -126,9 +126,7 @@ class PADPolicy(DenoisingPolicy):
         if self.shift:  # the current and future frames of a sample move together
             frames = random_shift(frames, self.shift)
             batch = {**batch, "obs": {**batch["obs"], self.camera: frames}}
-        obs = self.normalize_obs(batch["obs"])
-        if "task_id" in batch and "instruction" not in obs:
-            obs["task_id"] = batch["task_id"]
+        obs = self.with_dataset_language(self.normalize_obs(batch["obs"]), batch)
         future = self.codec.frames.patchify(pixels_to_unit(frames[:, self.n_obs_steps:]))
         x0 = self.codec.pack(future, self.normalizer.normalize("action", batch["action"].float()))
         cache = self.encode_obs(obs)

@@ -191,10 +191,10 @@ class RDTPolicy(DenoisingPolicy):
     # -------------------------------------------------------------- interface
     def _obs_of(self, batch: dict) -> dict:
         obs = dict(batch["obs"])
-        for k in ("state_mask", "action_mask", "object_mask", "embodiment", "control_hz", "task_id", "instruction"):
+        for k in ("state_mask", "action_mask", "object_mask", "embodiment", "control_hz", "instruction"):
             if k in batch and k not in obs:
                 obs[k] = batch[k]
-        return obs
+        return self.with_dataset_language(obs, batch)
 
     def compute_loss(self, batch: dict) -> dict[str, torch.Tensor]:
         obs = self.normalize_obs(self._obs_of(batch))
