@@ -45,15 +45,3 @@ def test_the_eval_envs_benchmark_times_every_configuration(tmp_path):
     rows = run(str(tmp_path / "run"), episodes=2, rounds=1)
     assert [(r["n_envs"], r["vector"]) for r in rows] == CONFIGS
     assert rows[0]["ratio_to_1_sync"] == 1.0 and all(r["episodes_per_s"] > 0 for r in rows)
-
-
-def test_the_train_step_benchmark_pairs_fused_and_per_tensor_adamw(monkeypatch):
-    from dp.bench import train_step
-
-    monkeypatch.setattr(train_step, "CASES", [("dit", {}, 4, False, True), ("dit", {}, 4, False, False),
-                                              ("mlp_bc", {}, 4, False, True)])
-    rows = train_step.run(rounds=1, steps=1)
-    assert [(r["policy"], r["fused"]) for r in rows] == [("dit", True), ("dit", False), ("mlp_bc", True)]
-    assert all(r["step_ms"] > r["adamw_ms"] > 0 for r in rows)
-    assert rows[1]["fused_speedup"] == rows[1]["step_ms"] / rows[0]["step_ms"]
-    assert "fused_speedup" not in rows[0] and "fused_speedup" not in rows[2]

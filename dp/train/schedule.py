@@ -1,5 +1,4 @@
-"""The optimizer and its learning-rate schedule: AdamW with diffusion_policy's parameter groups, linear
-warmup then cosine decay to ``min_ratio`` of the peak."""
+"""Learning-rate schedule: linear warmup then cosine decay to ``min_ratio`` of the peak."""
 from __future__ import annotations
 
 import math
@@ -28,15 +27,3 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         else:
             decay.append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def adamw(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95),
-          fused: bool | None = None) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``, fused (one kernel over all parameters) where torch has that kernel for the
-    parameters' device (``fused=None``). On a 1-thread CPU the fused update of the 2.9M-parameter dit takes
-    about a quarter of the per-tensor loop's time (dp-bench train_step: ``adamw_ms``, ``fused_speedup``)."""
-    groups = param_groups(model, weight_decay)
-    params = [p for g in groups for p in g["params"]]
-    if fused is None:
-        fused = bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused)

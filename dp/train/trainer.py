@@ -37,7 +37,7 @@ from dp.train.batches import StepBatches
 from dp.train.config_checks import check_train_config
 from dp.train.distributed import DistInfo, barrier, init_distributed, mean_across, shutdown
 from dp.train.ema import EMA
-from dp.train.schedule import adamw, warmup_cosine
+from dp.train.schedule import param_groups, warmup_cosine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -199,7 +199,7 @@ class Trainer:
         self.ema = EMA(self.policy, **cfg.training.ema) if cfg.training.ema else None
 
         t = cfg.training
-        self.optimizer = adamw(self.policy, t.lr, t.weight_decay, t.betas)
+        self.optimizer = torch.optim.AdamW(param_groups(self.policy, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
         self.scheduler = warmup_cosine(self.optimizer, t.warmup_steps, t.steps)
         self.batches = StepBatches(len(self.dataset), t.batch_size, cfg.seed, self.dist.rank, self.dist.world)
         self.model = LossModule(self.policy)  # what DDP and torch.compile wrap: forward is compute_loss
