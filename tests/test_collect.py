@@ -98,3 +98,20 @@ def test_cli_and_interrupted_collection_leaves_no_store(tmp_path):
     assert proc.returncode != 0
     assert not big.exists(), "an interrupted collection must not leave a store under the output name"
     assert not list(tmp_path.glob("big.zarr.tmp-*")), "Ctrl-C cleans up its temporary store"
+
+
+def test_pusht_store_keeps_the_t_keypoints_for_a_keypoint_policy(tmp_path):
+    """PushT stores ``keypoint`` beside ``state``; ``obs_keys={state: [agent_pos, keypoint]}`` reads the
+    low-dim observation Diffusion Policy's PushT policy uses (agent + the T's corners, 18 numbers)."""
+    pytest.importorskip("gym_pusht")
+    from dp.data import SequenceDataset
+
+    out = tmp_path / "pusht.zarr"
+    collect(_cfg(tmp_path, task={"name": "pusht", "env": "pusht", "env_options": {}}, n_episodes=1, output=str(out)))
+    buf = ReplayBuffer.open(out)
+    assert buf["keypoint"].shape == (buf.n_steps, 16) and buf["keypoint"].dtype == np.float32
+    ds = SequenceDataset(buf, horizon=16, n_obs_steps=2, n_action_steps=8,
+                         obs_keys={"state": ["agent_pos", "keypoint"]})
+    state = ds[0]["obs"]["state"]
+    assert state.shape == (2, 18)
+    np.testing.assert_array_equal(state[:, 2:], buf["keypoint"][:2])

@@ -36,6 +36,24 @@ def test_obs_layout_and_step():
     env.close()
 
 
+def test_keypoints_are_the_t_corners_at_the_block_pose():
+    """``keypoint`` is the T's 8 corners placed by the block's pose: brought back into the block's frame
+    they are the same points for every start, and they move with the block."""
+    env = envs.make("pusht")
+    local = []
+    for seed in (0, 1, 2):
+        obs, _ = env.reset(seed=seed)
+        assert env.observation_space.contains(obs) and obs["keypoint"].shape == (16,)
+        x, y, angle = obs["state"][2:].astype(np.float64)
+        c, s = np.cos(angle), np.sin(angle)
+        points = obs["keypoint"].reshape(8, 2).astype(np.float64) - [x, y]
+        local.append(points @ np.array([[c, -s], [s, c]]))  # rows: R(-angle) @ p
+    np.testing.assert_allclose(local[1], local[0], atol=1e-2)
+    np.testing.assert_allclose(local[2], local[0], atol=1e-2)
+    assert np.ptp(local[0][:, 0]) == pytest.approx(120, abs=1)  # the bar: 120 px wide
+    env.close()
+
+
 def test_seed_fixes_start():
     env = envs.make("pusht")
     a, _ = env.reset(seed=5)

@@ -1,6 +1,6 @@
 """`pusht`: gym_pusht's Push-T (diffusion policy's planar pushing task), with dict obs.
 
-    env = envs.make("pusht", obs="image")      # state [5] f32, image [96,96,3] u8
+    env = envs.make("pusht", obs="image")      # state [5] f32, keypoint [16] f32, image [96,96,3] u8
     expert = envs.expert("pusht")               # scripted pusher (see PushTExpert)
 
 A blue disc (the agent, radius 15) pushes a grey T-shaped block on a 512 x 512 table
@@ -12,6 +12,11 @@ block's position is its body origin, the middle of the top edge of the T's bar, 
 gym_pusht's coordinates (pixels; same as its ``obs_type="state"``).
 Action (float32 [2]): the agent's target position in [0, 512]^2 (a PD controller
 drives the disc toward it during the 0.1 s step).
+
+Keypoint (float32 [16], in every obs mode): the T's eight corners (x0, y0, x1, y1, ...; gym_pusht's
+``get_keypoints``, the same as its ``environment_state``), in pixels. Diffusion Policy's low-dim PushT
+policy reads keypoints rather than the pose: they carry the angle without its wrap at 2 pi (select them
+with ``task.obs_keys={state: [agent_pos, keypoint]}``; the store keeps them as ``data/keypoint``).
 
 ``image`` (with ``obs="image"``): gym_pusht's own top-down rendering at
 ``image_size`` (default 96, as in diffusion policy), upright as drawn;
@@ -91,6 +96,7 @@ class PushTDictEnv(gym.Env):
         self.proprio_dims = 2  # the agent disc x, y (diffusion_policy's agent_pos)
         obs_spaces = {"state": spaces.Box(-np.inf, np.inf, shape=(5,), dtype=np.float32)}
         obs_spaces["agent_pos"] = spaces.Box(-np.inf, np.inf, shape=(self.proprio_dims,), dtype=np.float32)
+        obs_spaces["keypoint"] = spaces.Box(-np.inf, np.inf, shape=(16,), dtype=np.float32)
         if self.obs_mode == "image":
             obs_spaces["image"] = spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8)
         self.observation_space = spaces.Dict(obs_spaces)
@@ -100,6 +106,7 @@ class PushTDictEnv(gym.Env):
     def _obs(self, state: np.ndarray) -> dict[str, np.ndarray]:
         out = {"state": np.asarray(state, dtype=np.float32)}
         out["agent_pos"] = out["state"][: self.proprio_dims].copy()
+        out["keypoint"] = self._env.get_keypoints(self._env._block_shapes).reshape(16).astype(np.float32)
         if self.obs_mode == "image":
             out["image"] = np.ascontiguousarray(self._env._render(visualize=False), dtype=np.uint8)
         return out
