@@ -110,8 +110,18 @@ def test_pusht_store_keeps_the_t_keypoints_for_a_keypoint_policy(tmp_path):
     collect(_cfg(tmp_path, task={"name": "pusht", "env": "pusht", "env_options": {}}, n_episodes=1, output=str(out)))
     buf = ReplayBuffer.open(out)
     assert buf["keypoint"].shape == (buf.n_steps, 16) and buf["keypoint"].dtype == np.float32
-    ds = SequenceDataset(buf, horizon=16, n_obs_steps=2, n_action_steps=8,
-                         obs_keys={"state": ["agent_pos", "keypoint"]})
+    from omegaconf import OmegaConf
+
+    from dp.errors import ConfigError
+    from dp.train.trainer import obs_keys_for
+
+    task = OmegaConf.load(REPO / "dp/configs/task/pusht.yaml")  # the task config says state_keys [agent_pos, keypoint]
+    assert obs_keys_for(task) == {"state": ["agent_pos", "keypoint"]}
+    assert obs_keys_for({**task, "obs": "image"}) == {"agent_pos": "agent_pos", "image": "img"}
+    assert obs_keys_for({**task, "state_keys": None}) == {"state": "state"}
+    with pytest.raises(ConfigError, match="task.state_keys lists the store keys"):
+        obs_keys_for({**task, "state_keys": [1, 2]})
+    ds = SequenceDataset(buf, horizon=16, n_obs_steps=2, n_action_steps=8, obs_keys=obs_keys_for(task))
     state = ds[0]["obs"]["state"]
     assert state.shape == (2, 18)
     np.testing.assert_array_equal(state[:, 2:], buf["keypoint"][:2])

@@ -45,7 +45,7 @@ from dp.results import RESULTS_DIR, machine_info, write_result
 
 _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
-TASK_SETTINGS = ("obs_angles",)
+TASK_SETTINGS = ("obs_angles", "state_keys")
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
            "steps", "settings", "machine"]

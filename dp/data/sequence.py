@@ -267,7 +267,8 @@ class SequenceDataset(torch.utils.data.Dataset):
         if missing:
             raise DatasetError(
                 f"Dataset lacks data/{missing} (needed for obs {self.obs_keys} and action '{action_key}'); "
-                f"it has data/{buffer.keys()}. Collect with obs=image for images, or change task.obs_keys."
+                f"it has data/{buffer.keys()}. Collect with obs=image for images, or change task.obs_keys (or "
+                f"task.state_keys, the store keys of a state observation; null reads data/state)."
             )
         extra = ["task_id"] if "task_id" in buffer else []
         lazy, cache_bytes = _lazy_frames(buffer, needed, image_cache_mb)

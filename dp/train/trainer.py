@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 from dp.checkpoint import (
@@ -50,7 +50,8 @@ def resolve_device(name: str) -> torch.device:
 
 def obs_keys_for(task_cfg) -> dict:
     """Batch obs name -> store key(s): ``task.obs_keys`` when set (a list concatenates low-dim keys
-    or stacks cameras, e.g. ``{state: [agent_pos, object]}``), else the default of ``task.obs``."""
+    or stacks cameras, e.g. ``{state: [agent_pos, object]}``), else the default of ``task.obs``: for state,
+    ``{state: task.state_keys}`` (``state`` when null), for image ``{agent_pos, image}``."""
     if task_cfg.get("obs_keys"):
         keys = OmegaConf.to_container(task_cfg.obs_keys, resolve=True) if isinstance(
             task_cfg.obs_keys, DictConfig) else dict(task_cfg.obs_keys)
@@ -60,8 +61,15 @@ def obs_keys_for(task_cfg) -> dict:
             raise ConfigError(f"task.obs_keys maps an observation name to a store key or a list of them; got {bad}.")
         return keys
     obs = task_cfg.get("obs", "state")
-    if obs == "state":
-        return {"state": "state"}
+    if obs == "state":  # task.state_keys: the store keys that make the state (PushT: agent + the T's corners)
+        keys = task_cfg.get("state_keys")
+        if keys is None:
+            return {"state": "state"}
+        keys = list(keys) if isinstance(keys, (list, ListConfig)) else keys
+        if not (isinstance(keys, str) or (keys and all(isinstance(k, str) for k in keys))):
+            raise ConfigError(f"task.state_keys lists the store keys concatenated into the state observation, e.g. "
+                              f"[agent_pos, keypoint]; got {keys!r}. Set it to null to read the store's 'state'.")
+        return {"state": keys}
     if obs == "image":  # camera + proprioception only: the full state would give the objects away
         return {"agent_pos": "agent_pos", "image": "img"}
     raise ConfigError(f"task.obs must be 'state' or 'image' (or set task.obs_keys), got {obs!r}.")
