@@ -77,7 +77,7 @@ def collect(cfg: DictConfig | dict) -> dict:
                 if not (ep.success or cfg.keep_failed):
                     continue
                 episode = {"state": ep.obs["state"].astype(np.float32), "action": ep.action}
-                for key in ("agent_pos", "joint_pos", "keypoint"):  # proprioception; PushT's T corners
+                for key in ("agent_pos", "joint_pos", "keypoint"):  # proprioception, and PushT's T corners
                     if key in ep.obs:
                         episode[key] = ep.obs[key].astype(np.float32)
                 if "image" in ep.obs:

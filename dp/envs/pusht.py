@@ -15,8 +15,8 @@ drives the disc toward it during the 0.1 s step).
 
 Keypoint (float32 [16], in every obs mode): the T's eight corners (x0, y0, x1, y1, ...; gym_pusht's
 ``get_keypoints``, the same as its ``environment_state``), in pixels. Diffusion Policy's low-dim PushT
-policy reads keypoints rather than the pose: they carry the angle without its wrap at 2 pi (select them
-with ``task.obs_keys={state: [agent_pos, keypoint]}``; the store keeps them as ``data/keypoint``).
+policy reads keypoints rather than the pose: they carry the angle without its wrap at 2 pi (PushT's task config
+selects them: ``task.state_keys=[agent_pos, keypoint]``; the store keeps them as ``data/keypoint``).
 
 ``image`` (with ``obs="image"``): gym_pusht's own top-down rendering at
 ``image_size`` (default 96, as in diffusion policy), upright as drawn;

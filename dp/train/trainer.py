@@ -48,6 +48,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _is_store_keys(value) -> bool:
+    """A store key, or a non-empty list of them (concatenated low-dim keys or stacked cameras)."""
+    return isinstance(value, str) or (isinstance(value, list) and bool(value) and all(isinstance(x, str) for x in value))
+
+
 def obs_keys_for(task_cfg) -> dict:
     """Batch obs name -> store key(s): ``task.obs_keys`` when set (a list concatenates low-dim keys
     or stacks cameras, e.g. ``{state: [agent_pos, object]}``), else the default of ``task.obs``: for state,
@@ -55,8 +60,7 @@ def obs_keys_for(task_cfg) -> dict:
     if task_cfg.get("obs_keys"):
         keys = OmegaConf.to_container(task_cfg.obs_keys, resolve=True) if isinstance(
             task_cfg.obs_keys, DictConfig) else dict(task_cfg.obs_keys)
-        bad = {k: v for k, v in keys.items() if not (isinstance(v, str) or (
-            isinstance(v, list) and v and all(isinstance(x, str) for x in v)))}
+        bad = {k: v for k, v in keys.items() if not _is_store_keys(v)}
         if bad:
             raise ConfigError(f"task.obs_keys maps an observation name to a store key or a list of them; got {bad}.")
         return keys
@@ -65,8 +69,8 @@ def obs_keys_for(task_cfg) -> dict:
         keys = task_cfg.get("state_keys")
         if keys is None:
             return {"state": "state"}
-        keys = list(keys) if isinstance(keys, (list, ListConfig)) else keys
-        if not (isinstance(keys, str) or (keys and all(isinstance(k, str) for k in keys))):
+        keys = list(keys) if isinstance(keys, ListConfig) else keys
+        if not _is_store_keys(keys):
             raise ConfigError(f"task.state_keys lists the store keys concatenated into the state observation, e.g. "
                               f"[agent_pos, keypoint]; got {keys!r}. Set it to null to read the store's 'state'.")
         return {"state": keys}
