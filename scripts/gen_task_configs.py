@@ -31,7 +31,9 @@ RECIPES: dict[str, dict] = {
     # with the block angle as (sin, cos), seed 0, 50 episodes: 5000 -> 20000 steps: score 0.229 -> 0.524; on the
     # 20000-step checkpoint, executing 2 actions per chunk instead of 8: success 18% -> 38%, score 0.524 -> 0.705
     # (the scripted expert pushes up to 30 px a step; 8 open-loop steps carry the T far)
-    "pusht": {"policy": {"n_action_steps": 2}, "training": {"steps": 20000}},
+    # with the T's corners as state (2 actions per chunk), seed 0: 20000 -> 50000 steps: score 0.902 -> 0.937,
+    # final coverage 0.848 -> 0.897, success 66% -> 74%
+    "pusht": {"policy": {"n_action_steps": 2}, "training": {"steps": 50000}},
 }
 # Demonstrations per task that a recipe assumes (dp-bench quality collects this many): the Diffusion
 # Policy benchmarks use 200 (robomimic's proficient-human sets; PushT 206); Meta-World sets 50 per task.

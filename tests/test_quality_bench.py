@@ -84,7 +84,7 @@ def test_a_task_setting_and_the_same_set_name_the_same_runs(monkeypatch):
 def test_pusht_runs_are_named_by_its_state_keys():
     """PushT's task config reads the T's corners (task.state_keys): they name its runs, as its recipe does."""
     assert quality.settings_of("pusht", []) == [
-        "policy.n_action_steps=2", "task.state_keys=[agent_pos, keypoint]", "training.steps=20000"]
+        "policy.n_action_steps=2", "task.state_keys=[agent_pos, keypoint]", "training.steps=50000"]
 
 
 def test_task_specs_and_row_merging():
