@@ -26,7 +26,7 @@ RECIPES: dict[str, dict] = {
     # 5000 -> 20000 -> 50000 steps: 4% -> 60% -> 80% success (seed 0, 50 episodes; validation loss 0.017 -> 0.0068
     # at 20000, still falling); 3 seeds at 50000: 88 / 80 / 78% (mean 82.0%). Executing 8 / 4 / 2 actions per chunk
     # on the 50000-step checkpoints of seeds 1 and 2 (evaluation only, 50 episodes each): 80 / 84 / 88% and
-    # 78 / 80 / 86% (mean 79 -> 82 -> 87%)
+    # 78 / 80 / 86% (mean 79 -> 82 -> 87%); 1: 86% / 94% (within noise of 2, at twice the predictions)
     "rs_square": {"policy": {"n_action_steps": 2}, "training": {"steps": 50000}},
     # 5000 -> 20000 steps: 88% -> 100% success (seed 0, 50 episodes)
     "rs_can": {"training": {"steps": 20000}},

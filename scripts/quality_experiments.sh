@@ -12,12 +12,12 @@ LANG_SET='policy.language={encoder: builtin, layers: 2}'
 # recipe A/Bs (seed 0): the defaults against one changed setting; an adopted value goes into the task's recipe
 dp-bench quality --tasks rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set training.steps=5000
 # Square (policy.n_action_steps=8: the defaults' arm, before the recipe's 2): 5000, 20000, 50000 steps, then 50000
-# over 3 seeds, and seeds 1 and 2's checkpoints executing 4 and 2 actions per chunk
+# over 3 seeds, and seeds 1 and 2's checkpoints executing 4, 2 and 1 actions per chunk
 for steps in 5000 20000; do dp-bench quality --tasks rs_square --seeds 0 --set policy.n_action_steps=8 training.steps=$steps; done
 dp-bench quality --tasks rs_square --seeds 0 1 2 --set policy.n_action_steps=8 training.steps=50000
 for seed in 1 2; do
   run=$(python -c "from dp.bench.quality import run_dir; print(run_dir('rs_square', 'dit', $seed, ['policy.n_action_steps=8', 'training.steps=50000']))")
-  for ta in 4 2; do
+  for ta in 4 2 1; do
     [ -e "$run/eval_ta$ta/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=$ta progress=false output_dir="$run/eval_ta$ta"
   done
 done
