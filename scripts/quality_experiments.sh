@@ -9,6 +9,15 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 SEEDS=${SEEDS:-0 1 2}
 LANG_SET='policy.language={encoder: builtin, layers: 2}'
 
+# eval_action_steps TASK SEED N SETTING... [n_videos=K]: the dit run `dp-bench quality --tasks TASK --seeds SEED
+# --set SETTING...` made, evaluated on 50 episodes executing N actions per chunk (into RUN/eval_taN; skipped if done)
+eval_action_steps() {
+  local task=$1 seed=$2 ta=$3 settings=() extra=() run
+  for a in "${@:4}"; do case $a in n_videos=*) extra+=("$a") ;; *) settings+=("$a") ;; esac; done
+  run=$(python -c "import sys; from dp.bench.quality import run_dir; print(run_dir(sys.argv[1], 'dit', int(sys.argv[2]), sys.argv[3:]))" "$task" "$seed" "${settings[@]}")
+  [ -e "$run/eval_ta$ta/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps="$ta" progress=false "${extra[@]}" output_dir="$run/eval_ta$ta"
+}
+
 # recipe A/Bs (seed 0): the defaults against one changed setting; an adopted value goes into the task's recipe
 dp-bench quality --tasks rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set training.steps=5000
 # Square (policy.n_action_steps=8: the defaults' arm, before the recipe's 2): 5000, 20000, 50000 steps, then 50000
@@ -16,18 +25,15 @@ dp-bench quality --tasks rs_can rs_stack rs_two_arm_lift pusht --seeds 0 --set t
 for steps in 5000 20000; do dp-bench quality --tasks rs_square --seeds 0 --set policy.n_action_steps=8 training.steps=$steps; done
 dp-bench quality --tasks rs_square --seeds 0 1 2 --set policy.n_action_steps=8 training.steps=50000
 for seed in 1 2; do
-  run=$(python -c "from dp.bench.quality import run_dir; print(run_dir('rs_square', 'dit', $seed, ['policy.n_action_steps=8', 'training.steps=50000']))")
-  for ta in 4 2 1; do
-    [ -e "$run/eval_ta$ta/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=$ta progress=false output_dir="$run/eval_ta$ta"
-  done
+  for ta in 4 2 1; do eval_action_steps rs_square "$seed" "$ta" policy.n_action_steps=8 training.steps=50000; done
 done
 # PushT (policy.n_action_steps=8: the defaults' arm, before the recipe's 2): the block angle as (sin, cos) or raw,
-# at 5000 and 20000 steps; then each 20000-step checkpoint executing 2 actions per chunk
-dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}' policy.n_action_steps=8 training.steps=5000
+# at 5000 and 20000 steps; then each 20000-step checkpoint executing 2 actions per chunk. These arms read the pose
+# (task.state_keys=null); PushT's default is now the keypoints, so they are named by it and not by their first runs
+dp-bench quality --tasks pusht --seeds 0 --set 'task.obs_angles={state: [4]}' task.state_keys=null policy.n_action_steps=8 training.steps=5000
 for angles in 'task.obs_angles={state: [4]}' 'task.obs_angles=null'; do
-  dp-bench quality --tasks pusht --seeds 0 --set "$angles" policy.n_action_steps=8 training.steps=20000
-  run=$(python -c "import sys; from dp.bench.quality import run_dir; print(run_dir('pusht', 'dit', 0, [sys.argv[1], 'policy.n_action_steps=8', 'training.steps=20000']))" "$angles")
-  [ -e "$run/eval_ta2/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps=2 n_videos=2 progress=false output_dir="$run/eval_ta2"
+  dp-bench quality --tasks pusht --seeds 0 --set "$angles" task.state_keys=null policy.n_action_steps=8 training.steps=20000
+  eval_action_steps pusht 0 2 "$angles" task.state_keys=null policy.n_action_steps=8 training.steps=20000 n_videos=2
 done
 
 dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
