@@ -102,3 +102,19 @@ def test_a_task_set_gets_a_per_task_table():
     rows = quality.per_task_rows([report({"a": 1.0, "b": 0.5}), report({"a": 0.5, "b": 0.0})])
     assert rows == [{"task": "a", "success_mean": 0.75, "per_seed": "100% / 50%"},
                     {"task": "b", "success_mean": 0.25, "per_seed": "50% / 0%"}]
+
+
+def test_a_row_averages_the_final_coverage_and_score_where_every_seed_reports_them():
+    """PushT's target is the mean final coverage: the row carries it (and DP's score) over seeds; tasks
+    without them get neither column."""
+    def record(success, **means):
+        task = {"success_rate": success, **{f"mean_{k}": v for k, v in means.items()}}
+        return {"machine": "m", "report": {"success_rate": success, "episodes": 50, "per_task": {"pusht": task}},
+                "train": {"seconds": 60.0, "steps": 10}}
+
+    row = quality.quality_row("pusht", "state", "dit", [], [0, 1],
+                              [record(0.7, coverage=0.9, score=0.95), record(0.5, coverage=0.8, score=0.85)])
+    assert row["coverage_mean"] == pytest.approx(0.85) and row["score_mean"] == pytest.approx(0.9)
+    assert row["per_seed"] == "70% / 50%" and row["success_mean"] == pytest.approx(0.6)
+    row = quality.quality_row("pusht", "state", "dit", [], [0, 1], [record(0.7, coverage=0.9), record(0.5)])
+    assert "coverage_mean" not in row and "score_mean" not in row

@@ -15,9 +15,9 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
   ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
   (``dp.eval.rollout.eval_seeds``);
-- a row: success per seed, their mean and sample standard deviation (PushT: also DP's
-  score, the best clip(coverage / 0.95, 0, 1) of an episode, averaged), training minutes per
-  seed, steps, the machine.
+- a row: success per seed, their mean and sample standard deviation (PushT: also the mean final coverage
+  of the target, and DP's score, the best clip(coverage / 0.95, 0, 1) of an episode, each averaged over
+  episodes and seeds), training minutes per seed, steps, the machine.
 
 Each finished seed leaves a record, ``bench/results/quality_runs/<run name>.json`` (its eval report, less
 the per-call latencies and video paths, and its train summary), committed with the table: a row is rebuilt
@@ -47,8 +47,8 @@ _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
 TASK_SETTINGS = ("obs_angles", "state_keys")
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
-COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "score_mean", "train_min",
-           "steps", "settings", "machine"]
+COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "coverage_mean", "score_mean",
+           "train_min", "steps", "settings", "machine"]
 
 
 def task_spec(spec: str) -> tuple[str, str]:
@@ -195,15 +195,16 @@ def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: li
     """One table row from each seed's record: eval report, train summary and machine."""
     machine = "; ".join(dict.fromkeys(r["machine"] for r in runs_out))
     success = [r["report"]["success_rate"] for r in runs_out]
-    scores = [t.get("mean_score") for r in runs_out for t in r["report"]["per_task"].values()]
     row = {"task": name if obs == "state" else f"{name}@image", "policy": policy, "seeds": len(seeds),
            "success_mean": float(np.mean(success)), "success_std": float(np.std(success, ddof=1)) if len(success) > 1
            else 0.0, "per_seed": " / ".join(f"{s:.0%}" for s in success),
            "train_min": float(np.mean([r["train"].get("total_seconds", r["train"]["seconds"]) for r in runs_out]) / 60),
            "steps": runs_out[0]["train"]["steps"], "settings": " ".join(settings), "machine": machine,
            "episodes_per_seed": runs_out[0]["report"]["episodes"], "seed_list": seeds}
-    if scores and all(s is not None for s in scores):
-        row["score_mean"] = float(np.mean(scores))
+    for figure in ("coverage", "score"):  # final-info means an env reports (PushT's), where every seed has them
+        values = [t.get(f"mean_{figure}") for r in runs_out for t in r["report"]["per_task"].values()]
+        if values and all(v is not None for v in values):
+            row[f"{figure}_mean"] = float(np.mean(values))
     return row
 
 
