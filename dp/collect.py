@@ -41,6 +41,7 @@ def collect(cfg: DictConfig | dict) -> dict:
     tasks = list(envs.task_set(cfg.task.env))
     env_options = OmegaConf.to_container(cfg.task.env_options, resolve=True) if cfg.task.get("env_options") else {}
     env_options["obs"] = cfg.obs
+    expert_options = OmegaConf.to_container(cfg.task.expert_options, resolve=True) if cfg.task.get("expert_options") else {}
     if cfg.obs == "image" and cfg.get("image_size"):
         env_options["image_size"] = int(cfg.image_size)
     multi = len(tasks) > 1
@@ -51,6 +52,7 @@ def collect(cfg: DictConfig | dict) -> dict:
         "tasks": tasks,
         "instructions": [envs.task_info(t)["instruction"] for t in tasks],
         "env_options": env_options,
+        "expert_options": expert_options,
         "obs": cfg.obs,
         "keep_failed": bool(cfg.keep_failed),
         "seed": int(cfg.seed),
@@ -63,7 +65,7 @@ def collect(cfg: DictConfig | dict) -> dict:
         buffer = ReplayBuffer.create(tmp)
         for task_id, task in enumerate(tasks):
             env = envs.make(task, **env_options)
-            expert = envs.expert(task)
+            expert = envs.expert(task, **expert_options)
             embodiments.append(getattr(env.unwrapped, "embodiment", None))  # its unified-space map, if any
             kept = successes = attempts = 0
             bar = tqdm(total=cfg.n_episodes, desc=f"collect {task}", unit="ep", disable=not cfg.progress)

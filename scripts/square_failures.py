@@ -1,18 +1,19 @@
 """Which initial states rs_square policies fail, and where they sit in the scripted expert's plan.
 
-    python scripts/square_failures.py RUN/eval_quality RUN/eval_ta1 ...
+    python scripts/square_failures.py [--plan two_switches] RUN/eval_quality RUN/eval_ta1 ...
 
 For each evaluation directory (a dp-eval output with report.json) it counts the failures per initial state,
 then prints every initial state that failed at least once with the nut's yaw, its quaternion's w (robosuite's
 SquareNut_quat keeps z >= 0, so w flips sign as the yaw crosses 0), and the expert's plan there (grasp yaw
-minus nut yaw, final nut yaw), the yaws where that plan switches, and the failure rate of the initial states
+minus nut yaw, final nut yaw; ``--plan``: the expert variant the runs' demonstrations came from, default
+least_turn), the yaws where that plan switches, and the failure rate of the initial states
 within NEAR degrees of a switch against the rest. Evaluations must share their initial states (dp-eval's
 defaults do).
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -31,13 +32,13 @@ def plan_of(expert: SquareExpert, nut_yaw: float) -> tuple[int, int]:
     return round(np.degrees(grasp - nut_yaw)), round(np.degrees(final))
 
 
-def main(evals: list[str]) -> None:
+def main(evals: list[str], plan: str = "least_turn") -> None:
     failures, seeds = Counter(), None
     for d in evals:
         episodes = next(iter(json.loads((Path(d) / "report.json").read_text())["per_task"].values()))["episode_results"]
         seeds = seeds or [e["seed"] for e in episodes]
         failures.update(e["seed"] for e in episodes if not e["success"])
-    env, expert = make("rs_square"), SquareExpert()
+    env, expert = make("rs_square"), SquareExpert(plan)
     switches, prev = [], None
     for deg in np.arange(-180, 180, 0.5):
         plan = plan_of(expert, np.radians(deg))
@@ -67,6 +68,8 @@ def main(evals: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        raise SystemExit(__doc__)
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("evals", nargs="+", help="dp-eval output directories (each with report.json)")
+    parser.add_argument("--plan", default="least_turn", choices=SquareExpert.PLANS)
+    args = parser.parse_args()
+    main(args.evals, args.plan)

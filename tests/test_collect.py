@@ -43,7 +43,7 @@ def test_collect_toy_state_and_image(tmp_path):
     assert attrs["tasks"] == ["toy"] and "obstacle" in attrs["instructions"][0]
     assert attrs["episode_seeds"] == list(range(6)) and attrs["seeds"] == list(range(6))
     assert attrs["expert_success_rate"] == summary["expert_success_rate"] == 1.0
-    assert attrs["dp_version"] and attrs["env_options"] == {"obs": "state"}
+    assert attrs["dp_version"] and attrs["env_options"] == {"obs": "state"} and attrs["expert_options"] == {}
     assert max(attrs["seeds"]) < EVAL_SEED_BASE
 
     collect(_cfg(tmp_path, obs="image", image_size=32, output=str(tmp_path / "img.zarr")))
@@ -125,3 +125,10 @@ def test_pusht_store_keeps_the_t_keypoints_for_a_keypoint_policy(tmp_path):
     state = ds[0]["obs"]["state"]
     assert state.shape == (2, 18)
     np.testing.assert_array_equal(state[:, 2:], buf["keypoint"][:2])
+
+
+def test_expert_options_the_expert_does_not_take_stop_before_anything_is_written(tmp_path):
+    task = {"name": "toy", "env": "toy", "env_options": {}, "expert_options": {"plan": "two_switches"}}
+    with pytest.raises(TypeError, match="toy's scripted expert takes no options; got \\['plan'\\]"):
+        collect(_cfg(tmp_path, task=task))
+    assert not (tmp_path / "toy.zarr").exists()

@@ -133,3 +133,45 @@ def test_bad_options():
         envs.make("rs_lift", camera="nope")
     with pytest.raises(KeyError, match="rs_lift"):
         envs.make("rs_lfit")
+
+
+def test_square_expert_plans_switch_where_documented_and_stay_in_wrist_range():
+    """rs_square's expert chooses its grasp side and final nut yaw from the nut's yaw; least_turn switches that
+    choice at 5 yaws, two_switches at 2, and every plan keeps the hand in the wrist's yaw range."""
+    from dp.envs.robosuite_experts import SquareExpert, wrap
+
+    def switches(plan):
+        expert, found, prev = SquareExpert(plan), [], None
+        lo, hi = expert.YAW_RANGE
+        for deg in np.arange(-180, 180, 0.5):
+            psi = np.radians(deg)
+            grasp, final, nut_final = expert._plan(psi)
+            assert lo <= grasp <= hi and lo <= final <= hi, (plan, deg)
+            assert abs(wrap(grasp - psi, np.pi)) < 1e-9  # the fingers close across the handle
+            assert abs(wrap(final - grasp - (nut_final - psi), 2 * np.pi)) < 1e-9  # the nut turns with the hand
+            choice = (round(np.degrees(grasp) - deg) % 360, round(np.degrees(nut_final)) % 360)
+            if prev is not None and choice != prev:
+                found.append(float(deg))
+            prev = choice
+        return found
+
+    assert switches("least_turn") == [-117.5, -90.0, 17.5, 90.0, 101.0]
+    assert switches("two_switches") == [-45.0, 90.0]
+
+
+def test_expert_options_are_checked():
+    with pytest.raises(ValueError, match="plan must be one of"):
+        envs.expert("rs_square", plan="fastest")
+    with pytest.raises(TypeError, match="takes only plan; got \\['speed'\\]"):
+        envs.expert("rs_square", speed=2)
+    with pytest.raises(TypeError, match="takes no options"):
+        envs.expert("rs_can", plan="two_switches")
+
+
+def test_square_expert_with_two_switches_succeeds():
+    env = envs.make("rs_square")
+    expert = envs.expert("rs_square", plan="two_switches")
+    for seed in (0, 1):
+        ep = run_expert_episode(env, expert, seed)
+        assert ep.success and len(ep) < 300, (seed, len(ep))
+    env.close()

@@ -118,3 +118,17 @@ def test_a_row_averages_the_final_coverage_and_score_where_every_seed_reports_th
     assert row["per_seed"] == "70% / 50%" and row["success_mean"] == pytest.approx(0.6)
     row = quality.quality_row("pusht", "state", "dit", [], [0, 1], [record(0.7, coverage=0.9), record(0.5)])
     assert "coverage_mean" not in row and "score_mean" not in row
+
+
+def test_an_expert_variant_names_its_runs_and_its_store(tmp_path):
+    """Demonstrations from another expert variant (task.expert_options) train other runs, from their own store;
+    the task's default (no options) names neither."""
+    variant = ["task.expert_options={plan: two_switches}"]
+    settings = quality.settings_of("rs_square", variant)
+    assert variant[0] in settings and quality.settings_of("rs_square", []) != settings
+    assert not any(s.startswith("task.expert_options") for s in quality.settings_of("rs_square", []))
+    assert quality.store_path("rs_square", "state", tmp_path, quality.settings_of("rs_square", [])) == \
+        tmp_path / "rs_square.zarr"
+    other = quality.store_path("rs_square", "state", tmp_path, settings)
+    assert other.name.startswith("rs_square_") and other != tmp_path / "rs_square.zarr"
+    assert quality.store_path("rs_square", "image", tmp_path, settings).name.startswith("rs_square_img_")

@@ -6,7 +6,8 @@
 Per task (``NAME`` or ``NAME@image`` for image observations):
 
 - the store: ``<data>/<name>.zarr`` (``<name>_img.zarr`` for ``@image``; ``--data`` default
-  data/quality, apart from hand-collected stores of other sizes), collected with ``dp-collect``
+  data/quality, apart from hand-collected stores of other sizes; another expert variant,
+  ``task.expert_options``, gets ``<name>_<hash>.zarr``), collected with ``dp-collect``
   from the scripted expert (``task.demos`` episodes, per task of a set) when it does not exist;
 - per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
   ``--set`` overrides into ``<runs>/<task>_<policy>[_<hash of the settings>]_seed<S>``, where the settings are
@@ -45,7 +46,7 @@ from dp.results import RESULTS_DIR, machine_info, write_result
 
 _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
-TASK_SETTINGS = ("obs_angles", "state_keys")
+TASK_SETTINGS = ("obs_angles", "state_keys", "expert_options")
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "coverage_mean", "score_mean",
            "train_min", "steps", "settings", "machine"]
@@ -81,15 +82,23 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}); rerun dp-bench quality to resume.")
 
 
-def store_for(name: str, obs: str, data: Path, demos: int | None = None) -> str:
-    """The task's store under ``data``, collected from the scripted expert when missing (``demos``
-    episodes per task, default the task config's ``demos``)."""
-    path = str(data / f"{name}{'_img' if obs == 'image' else ''}.zarr")
-    if not Path(path).exists():
+def store_path(name: str, obs: str, data: Path, settings: list[str] = ()) -> Path:
+    """``<data>/<name>[_img][_<hash of the expert options>].zarr``: demonstrations from another expert variant
+    (``task.expert_options`` among the run's settings) go to their own store."""
+    expert = [item for item in settings if item.startswith("task.expert_options=")]
+    return data / f"{name}{'_img' if obs == 'image' else ''}{settings_tag(expert)}.zarr"
+
+
+def store_for(name: str, obs: str, data: Path, demos: int | None = None, settings: list[str] = ()) -> str:
+    """The task's store under ``data`` (``store_path``), collected from the scripted expert when missing
+    (``demos`` episodes per task, default the task config's ``demos``)."""
+    path = store_path(name, obs, data, settings)
+    if not path.exists():
         demos = demos or _task_cfg(name).demos
+        expert = [item for item in settings if item.startswith("task.expert_options=")]
         _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos}", f"obs={obs}",
-              f"output={path}", "progress=false"])
-    return path
+              f"output={path}", "progress=false", *expert])
+    return str(path)
 
 
 def settings_of(name: str, overrides: list[str]) -> list[str]:
@@ -111,8 +120,9 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
     given = given_keys(overrides)
     for key in TASK_SETTINGS:  # set in the task config itself (not its recipe), named as --set would name them
         value = cfg.task.get(key)
-        if value is not None and f"task.{key}" not in given:
-            settings.append(f"task.{key}={_flow(OmegaConf.to_container(value, resolve=True))}")
+        value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        if value not in (None, {}) and f"task.{key}" not in given:
+            settings.append(f"task.{key}={_flow(value)}")
 
     def restates_default(item: str) -> bool:
         key, _, value = item.partition("=")
@@ -163,7 +173,7 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
     record = RESULTS_DIR / "quality_runs" / f"{run}.json"
     if record.exists():
         return json.loads(record.read_text())
-    store = store_for(name, obs, data, demos)
+    store = store_for(name, obs, data, demos, overrides if settings is None else settings)
     out = runs / run
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",

@@ -5,7 +5,7 @@ from typing import Protocol
 
 import numpy as np
 
-from dp.envs.errors import EnvValueError
+from dp.envs.errors import EnvOptionError, EnvValueError
 
 OBS_MODES = ("state", "image")
 
@@ -18,6 +18,15 @@ class Expert(Protocol):
         ...
 
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
+
+
+def check_expert_options(name: str, options: dict, accepted: tuple[str, ...] = ()) -> None:
+    """``task.expert_options`` (dp-collect) must be options ``name``'s scripted expert takes."""
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"takes only {', '.join(accepted)}" if accepted else "takes no options"
+        raise EnvOptionError(f"task.expert_options: {name}'s scripted expert {takes}; got {unknown}. "
+                             "Remove them from task.expert_options.")
 
 
 def check_obs_mode(obs: str) -> str:

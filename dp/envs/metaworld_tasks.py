@@ -53,7 +53,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from dp.envs.base import check_obs_mode
+from dp.envs.base import check_expert_options, check_obs_mode
 from dp.envs.errors import EnvOptionError, EnvValueError, UnknownTaskError
 from dp.envs.rendering import make_renderer
 
@@ -484,6 +484,7 @@ def make(name: str, **options) -> MetaWorldEnv:
     return MetaWorldEnv(name, **options)
 
 
-def expert(name: str) -> MetaWorldExpert:
+def expert(name: str, **options) -> MetaWorldExpert:
     _check_name(name)
+    check_expert_options(name, options)
     return MetaWorldExpert(name)

@@ -43,7 +43,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from dp.envs.base import check_obs_mode
+from dp.envs.base import check_expert_options, check_obs_mode
 from dp.envs.errors import EnvOptionError, EnvValueError
 
 NAMES = ["pusht"]
@@ -337,5 +337,6 @@ def make(name: str = "pusht", **options) -> PushTDictEnv:
     return PushTDictEnv(**options)
 
 
-def expert(name: str = "pusht"):
+def expert(name: str = "pusht", **options):
+    check_expert_options(name, options)
     return PushTExpert()

@@ -2,7 +2,7 @@
 
     NAMES: list[str]                       single-task names it owns
     make(name, **options) -> gym.Env
-    expert(name) -> Expert                 (or EXPERTS: the module that has it, e.g. robosuite's)
+    expert(name, **options) -> Expert      (or EXPERTS: the module that has it, e.g. robosuite's)
     instruction(name) -> str
     SETS: dict[str, list[str]]             (optional) multi-task sets, e.g. mt10
 
@@ -79,11 +79,12 @@ def make(name: str, **options):
     return _check_single(name).make(name, **options)
 
 
-def expert(name: str):
-    """The scripted expert for one task: an object with reset() and act(obs)."""
+def expert(name: str, **options):
+    """The scripted expert for one task: an object with reset() and act(obs). ``options`` (a task config's
+    ``expert_options``) choose among an expert's variants, e.g. rs_square's ``plan``."""
     family = _check_single(name)
     experts = importlib.import_module(family.EXPERTS) if hasattr(family, "EXPERTS") else family
-    return experts.expert(name)
+    return experts.expert(name, **options)
 
 
 def task_set(name: str) -> tuple[str, ...]:

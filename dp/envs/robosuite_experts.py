@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dp.envs.base import check_expert_options
+from dp.envs.errors import EnvValueError
 from dp.envs.robosuite_tasks import OBJECT_DIMS
 
 POS_SCALE = 0.05  # m of goal change per unit action (OSC_POSE output_max)
@@ -377,8 +379,18 @@ class SquareExpert(_PickExpert):
     down the peg and let go.
 
     The grasp yaw and the turn are planned together to keep the hand within the yaw
-    range the Panda's wrist reaches from its start pose (about -1.9 to 3.5 rad).
+    range the Panda's wrist reaches from its start pose (about -1.9 to 3.5 rad). Two plans
+    (``plan``):
+
+    - ``least_turn`` (default): the grasp side and final handle direction that turn the hand
+      least; the choice switches at 5 nut yaws (-117.5, -90, 17.5, 90, 101 deg).
+    - ``two_switches``: the handle always ends toward the robot, grasped at hand yaw = nut yaw
+      for nut yaws in [-45, 90) deg (the hand ends at 180 deg) and from the other side
+      elsewhere (the hand ends at 0): the fewest switches the wrist range allows. A policy
+      fails most from starts near a switch (scripts/square_failures.py).
     """
+
+    PLANS = ("least_turn", "two_switches")
 
     name = "rs_square"
     lift_height = 0.17
@@ -394,11 +406,26 @@ class SquareExpert(_PickExpert):
     # the robot (-x) is best, then toward -y (the robot's base is at y=0, the peg at 0.1)
     FINAL = ((np.pi, 0.0), (-np.pi / 2, 0.6), (np.pi / 2, 1.2))
 
+    def __init__(self, plan: str = "least_turn"):
+        if plan not in self.PLANS:
+            raise EnvValueError(f"rs_square expert plan must be one of {self.PLANS}, got {plan!r}.")
+        self.plan_name = plan
+        super().__init__()
+
     def reset(self, seed: int | None = None) -> None:
         super().reset(seed)
         self.plan = None  # (grasp hand yaw, final hand yaw, final nut yaw)
 
     def _plan(self, psi: float):
+        """(grasp hand yaw, final hand yaw, final nut yaw) for nut yaw ``psi`` (rad)."""
+        if self.plan_name == "two_switches":
+            psi = wrap(psi, 2 * np.pi)
+            if -np.pi / 4 <= psi < np.pi / 2:
+                return psi, np.pi, np.pi
+            return wrap(psi + np.pi, 2 * np.pi), 0.0, np.pi
+        return self._least_turn_plan(psi)
+
+    def _least_turn_plan(self, psi: float):
         lo, hi = self.YAW_RANGE
         best = None
         for k in range(-2, 3):
@@ -445,6 +472,8 @@ EXPERTS = {
 }
 
 
-def expert(name: str):
-    """The scripted expert of robosuite task ``name`` (the registry calls this)."""
-    return EXPERTS[name]()
+def expert(name: str, **options):
+    """The scripted expert of robosuite task ``name`` (the registry calls this); ``options``: rs_square's
+    ``plan``."""
+    check_expert_options(name, options, ("plan",) if name == "rs_square" else ())
+    return EXPERTS[name](**options)

@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from dp.envs.base import check_obs_mode
+from dp.envs.base import check_expert_options, check_obs_mode
 
 NAMES = ["toy"]
 INSTRUCTION = "move the point to the goal without touching the obstacle"
@@ -132,5 +132,6 @@ def make(name: str = "toy", **options) -> ToyEnv:
     return ToyEnv(**options)
 
 
-def expert(name: str = "toy") -> ToyExpert:
+def expert(name: str = "toy", **options) -> ToyExpert:
+    check_expert_options(name, options)
     return ToyExpert()
