@@ -50,12 +50,14 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> 
     )
 
 
-def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **env_options) -> dict:
-    """Success rate of a task's scripted expert over seeds first_seed..first_seed+n-1."""
+def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, expert_options: dict | None = None,
+                        **env_options) -> dict:
+    """Success rate of a task's scripted expert (built with ``expert_options``) over seeds
+    first_seed..first_seed+n-1."""
     from dp import envs
 
     env = envs.make(name, **env_options)
-    expert = envs.expert(name)
+    expert = envs.expert(name, **(expert_options or {}))
     t0 = time.perf_counter()
     results = [run_expert_episode(env, expert, seed) for seed in range(first_seed, first_seed + n_episodes)]
     env.close()
@@ -70,26 +72,34 @@ def expert_success_rate(name: str, n_episodes: int = 50, first_seed: int = 0, **
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m dp.envs.rollout TASK [TASK ...] --episodes 50 [--option robot=Sawyer]`: expert success as JSON lines."""
+    """`python -m dp.envs.rollout TASK [TASK ...] --episodes 50 [--option robot=Sawyer] [--expert-option
+    plan=two_switches]`: expert success as JSON lines."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("tasks", nargs="+", help="task names or sets (mt10, mt50)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="env option passed to envs.make (repeatable), e.g. robot=Sawyer")
+    parser.add_argument("--expert-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="expert option passed to envs.expert (repeatable), e.g. plan=two_switches")
     args = parser.parse_args(argv)
     from dp import envs
 
-    options = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--option expects KEY=VALUE, got {item!r}")
-        options[key] = value
+    def pairs(items: list[str], flag: str) -> dict:
+        out = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                parser.error(f"{flag} expects KEY=VALUE, got {item!r}")
+            out[key] = value
+        return out
+
+    options, expert_options = pairs(args.option, "--option"), pairs(args.expert_option, "--expert-option")
     for name in args.tasks:
         for task in envs.task_set(name):
-            row = expert_success_rate(task, args.episodes, args.first_seed, **options)
-            print(json.dumps({**row, **options}), flush=True)
+            row = expert_success_rate(task, args.episodes, args.first_seed, expert_options, **options)
+            print(json.dumps({**row, **options, **({"expert_options": expert_options} if expert_options else {})}),
+                  flush=True)
 
 
 if __name__ == "__main__":
