@@ -37,5 +37,10 @@ for angles in 'task.obs_angles={state: [4]}' 'task.obs_angles=null'; do
 done
 
 dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds $SEEDS
+# Square at its recipe: seeds 0 and 1 also executing 1 action per chunk; then demonstrations from the expert plan
+# with 2 switches instead of 5 (its own store and runs), evaluated both ways; where the failures sit
+for seed in 0 1; do eval_action_steps rs_square "$seed" 1; done
+dp-bench quality --tasks rs_square --seeds 0 1 --set 'task.expert_options={plan: two_switches}'
+for seed in 0 1; do eval_action_steps rs_square "$seed" 1 'task.expert_options={plan: two_switches}'; done
 dp-bench quality --tasks pusht@image --seeds $SEEDS
 dp-bench quality --tasks mt50 --seeds 0 --set "$LANG_SET"
