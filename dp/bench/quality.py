@@ -82,11 +82,15 @@ def _run(cmd: list[str]) -> None:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}); rerun dp-bench quality to resume.")
 
 
+def _expert_settings(settings: list[str]) -> list[str]:
+    """The settings that choose the scripted expert's variant (``task.expert_options=...``), if any."""
+    return [item for item in settings if item.startswith("task.expert_options=")]
+
+
 def store_path(name: str, obs: str, data: Path, settings: list[str] = ()) -> Path:
     """``<data>/<name>[_img][_<hash of the expert options>].zarr``: demonstrations from another expert variant
     (``task.expert_options`` among the run's settings) go to their own store."""
-    expert = [item for item in settings if item.startswith("task.expert_options=")]
-    return data / f"{name}{'_img' if obs == 'image' else ''}{settings_tag(expert)}.zarr"
+    return data / f"{name}{'_img' if obs == 'image' else ''}{settings_tag(_expert_settings(settings))}.zarr"
 
 
 def store_for(name: str, obs: str, data: Path, demos: int | None = None, settings: list[str] = ()) -> str:
@@ -95,9 +99,8 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None, setting
     path = store_path(name, obs, data, settings)
     if not path.exists():
         demos = demos or _task_cfg(name).demos
-        expert = [item for item in settings if item.startswith("task.expert_options=")]
         _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos}", f"obs={obs}",
-              f"output={path}", "progress=false", *expert])
+              f"output={path}", "progress=false", *_expert_settings(settings)])
     return str(path)
 
 

@@ -133,6 +133,7 @@ class _PickExpert:
     lower_step = 0.02  # m of descent per step target while lowering
     lower_steps = 60  # let go after this many steps of lowering in any case
     YAW_STEP = 0.8
+    OPTIONS: tuple[str, ...] = ()  # constructor options expert() accepts (task.expert_options)
 
     def __init__(self):
         self.arms = _Arms(self.name)
@@ -391,6 +392,7 @@ class SquareExpert(_PickExpert):
     """
 
     PLANS = ("least_turn", "two_switches")
+    OPTIONS = ("plan",)
 
     name = "rs_square"
     lift_height = 0.17
@@ -473,7 +475,8 @@ EXPERTS = {
 
 
 def expert(name: str, **options):
-    """The scripted expert of robosuite task ``name`` (the registry calls this); ``options``: rs_square's
-    ``plan``."""
-    check_expert_options(name, options, ("plan",) if name == "rs_square" else ())
-    return EXPERTS[name](**options)
+    """The scripted expert of robosuite task ``name`` (the registry calls this); ``options``: those its class
+    lists in ``OPTIONS`` (rs_square's ``plan``)."""
+    cls = EXPERTS[name]
+    check_expert_options(name, options, getattr(cls, "OPTIONS", ()))
+    return cls(**options)
