@@ -115,7 +115,12 @@ def test_initial_noise_is_drawn_once_per_episode():
     c = policy.predict_action(obs)
     assert not torch.allclose(a, c)  # a new episode draws new noise
     assert not torch.allclose(c[0], c[1])  # rows (envs) get their own noise
-    policy.initial_noise = "call"
+    policy.set_initial_noise("call")
+    assert policy.config["initial_noise"] == "call"
     assert not torch.allclose(policy.predict_action(obs), policy.predict_action(obs))
-    with pytest.raises(ValueError, match="initial_noise must be one of"):
+    policy.set_initial_noise("episode")  # an inference-time switch: fresh noise for the new setting
+    torch.testing.assert_close(policy.predict_action(obs), policy.predict_action(obs))
+    with pytest.raises(ValueError, match=r"initial_noise: expected one of \('call', 'episode'\), found 'fixed'"):
         DiTPolicy(META, initial_noise="fixed")
+    with pytest.raises(ValueError, match="found 'fixed'"):
+        policy.set_initial_noise("fixed")

@@ -209,3 +209,24 @@ def test_dp_eval_n_action_steps_sets_how_often_the_policy_predicts(tmp_path, mon
         dp_eval()
     assert exit_info.value.code == 2
     assert "n_action_steps: expected an integer in [1, horizon - n_obs_steps + 1 = 7], found 8" in capsys.readouterr().err
+
+
+def test_dp_eval_initial_noise_is_recorded_and_checked(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dp.eval.cli import main as dp_eval
+    from train_helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "run")  # trained with initial_noise: call
+    out = tmp_path / "eval"
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
+                                      "n_videos=0", "progress=false", "initial_noise=episode", "max_steps=8",
+                                      f"output_dir={out}"])
+    dp_eval()
+    report = json.loads((out / "report.json").read_text())
+    assert report["initial_noise"] == "episode" and "initial noise: episode" in (out / "report.md").read_text()
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "initial_noise=fixed"])
+    with pytest.raises(SystemExit) as exit_info:
+        dp_eval()
+    assert exit_info.value.code == 2
+    assert "initial_noise: expected one of ('call', 'episode'), found 'fixed'" in capsys.readouterr().err

@@ -17,7 +17,8 @@ from dp.policies.registry import load_policy
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
                         n_videos: int = 4, ema: bool = True, device: str = "cpu", seed: int = 0,
                         sampler: dict | None = None, max_steps: int | None = None, progress: bool = True,
-                        vector: str = "sync", n_action_steps: int | None = None) -> dict:
+                        vector: str = "sync", n_action_steps: int | None = None,
+                        initial_noise: str | None = None) -> dict:
     for name, value in (("n_episodes", n_episodes), ("n_envs", n_envs), ("n_videos", n_videos)):
         least = 0 if name == "n_videos" else 1
         if not (isinstance(value, int) and not isinstance(value, bool) and value >= least):
@@ -33,6 +34,11 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         policy.set_sampler(**sampler)  # name, steps and any sampler options
     if n_action_steps is not None:
         policy.set_action_steps(n_action_steps)
+    if initial_noise is not None:
+        if not hasattr(policy, "set_initial_noise"):
+            raise ConfigError(f"initial_noise: {type(policy).__name__} does not sample from noise; leave initial_noise "
+                              "unset for it.")
+        policy.set_initial_noise(initial_noise)
     policy.generator = torch.Generator(device=device).manual_seed(seed)
     seeds = eval_seeds(n_episodes)
     if min(seeds) <= int(cfg.get("collection_seeds_max", -1)):
@@ -53,6 +59,7 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         "policy": cfg["policy"]["_target_"].rsplit(".", 1)[-1],
         "sampler": policy.config.get("sampler"),
         "n_action_steps": policy.n_action_steps,
+        "initial_noise": getattr(policy, "initial_noise", None),
         "seeds": [seeds[0], seeds[-1]],
         "videos": [v for r in results for v in r["videos"]],
     })
@@ -74,7 +81,8 @@ def report_markdown(s: dict) -> str:
         f"# Evaluation: {s['policy']} on {s['task']}",
         "",
         f"- checkpoint: `{s['checkpoint']}`",
-        f"- sampler: {s['sampler']}; actions executed per chunk: {s.get('n_action_steps')}",
+        f"- sampler: {s['sampler']}; actions executed per chunk: {s.get('n_action_steps')}; "
+        f"initial noise: {s.get('initial_noise')}",
         f"- success: **{s['success_rate']:.1%}** over {s['episodes']} episodes (Wilson 95% CI {lo:.1%}-{hi:.1%})",
         f"- episodes ended by a non-finite (NaN/inf) prediction: {s['nonfinite_episodes']}",
         f"- predict_action latency (batch {s['latency_ms']['batch']}): median {s['latency_ms']['median']:.1f} ms, "

@@ -99,6 +99,14 @@ class SampleContext:
         return self.policy.plugins[name]
 
 
+INITIAL_NOISE = ("call", "episode")
+
+
+def _check_initial_noise(mode) -> None:
+    if mode not in INITIAL_NOISE:
+        raise ConfigError(f"initial_noise: expected one of {INITIAL_NOISE}, found {mode!r}.")
+
+
 class DenoisingPolicy(Policy):
     """Composition of the parts above. Subclasses parse their config and pass built parts."""
 
@@ -109,8 +117,7 @@ class DenoisingPolicy(Policy):
         super().__init__(config)
         if not 1 <= n_action_steps <= horizon - n_obs_steps + 1:
             raise ConfigError(f"n_action_steps must be in [1, horizon - n_obs_steps + 1]; got {n_action_steps}.")
-        if initial_noise not in ("episode", "call"):
-            raise ConfigError(f"initial_noise must be one of ('episode', 'call'), got {initial_noise!r}.")
+        _check_initial_noise(initial_noise)
         self.horizon, self.n_obs_steps, self.n_action_steps = horizon, n_obs_steps, n_action_steps
         self.action_dim = int(shape_meta["action"][0])
         # registered in this order, the parameters iterate as they did before the composition (the
@@ -187,6 +194,15 @@ class DenoisingPolicy(Policy):
         """Trainer hook before each step: a process with a curriculum (MeanFlow's) reads the step."""
         if hasattr(self.process, "begin_step"):
             self.process.begin_step(step)
+
+    def set_initial_noise(self, mode: str) -> None:
+        """Where each prediction's starting noise comes from (see ``prior_sample``); an inference-time
+        choice, recorded in ``config``. ``episode`` holds one draw for the whole episode, so consecutive
+        chunks that see nearly the same observation start from the same noise and pick the same mode."""
+        _check_initial_noise(mode)
+        self.initial_noise = mode
+        self.config["initial_noise"] = mode
+        self.reset()
 
     def reset(self) -> None:
         super().reset()
