@@ -9,13 +9,16 @@ export MUJOCO_GL=${MUJOCO_GL:-egl}
 SEEDS=${SEEDS:-0 1 2}
 LANG_SET='policy.language={encoder: builtin, layers: 2}'
 
-# eval_action_steps TASK SEED N SETTING... [n_videos=K]: the dit run `dp-bench quality --tasks TASK --seeds SEED
-# --set SETTING...` made, evaluated on 50 episodes executing N actions per chunk (into RUN/eval_taN; skipped if done)
+# eval_action_steps TASK SEED N SETTING... [n_videos=K] [initial_noise=episode]: the dit run `dp-bench quality
+# --tasks TASK --seeds SEED --set SETTING...` made, evaluated on 50 episodes executing N actions per chunk (into
+# RUN/eval_taN, or RUN/eval_taN_episode_noise; skipped if done)
 eval_action_steps() {
-  local task=$1 seed=$2 ta=$3 settings=() extra=() run
-  for a in "${@:4}"; do case $a in n_videos=*) extra+=("$a") ;; *) settings+=("$a") ;; esac; done
+  local task=$1 seed=$2 ta=$3 settings=() extra=() run out
+  for a in "${@:4}"; do case $a in n_videos=*|initial_noise=*) extra+=("$a") ;; *) settings+=("$a") ;; esac; done
   run=$(python -c "import sys; from dp.bench.quality import run_dir; print(run_dir(sys.argv[1], 'dit', int(sys.argv[2]), sys.argv[3:]))" "$task" "$seed" "${settings[@]}")
-  [ -e "$run/eval_ta$ta/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps="$ta" progress=false "${extra[@]}" output_dir="$run/eval_ta$ta"
+  out="$run/eval_ta$ta"
+  case " ${extra[*]} " in *" initial_noise=episode "*) out="${out}_episode_noise" ;; esac
+  [ -e "$out/report.json" ] || dp-eval checkpoint="$run" n_episodes=50 n_action_steps="$ta" progress=false "${extra[@]}" output_dir="$out"
 }
 
 # recipe A/Bs (seed 0): the defaults against one changed setting; an adopted value goes into the task's recipe
@@ -42,5 +45,7 @@ dp-bench quality --tasks rs_can rs_square rs_stack rs_two_arm_lift pusht --seeds
 for seed in 0 1; do eval_action_steps rs_square "$seed" 1; done
 dp-bench quality --tasks rs_square --seeds 0 1 --set 'task.expert_options={plan: two_switches}'
 for seed in 0 1; do eval_action_steps rs_square "$seed" 1 'task.expert_options={plan: two_switches}'; done
+# one starting noise per episode instead of per prediction, on the recipe's checkpoints
+for seed in 0 1; do for ta in 2 1; do eval_action_steps rs_square "$seed" "$ta" initial_noise=episode; done; done
 dp-bench quality --tasks pusht@image --seeds $SEEDS
 dp-bench quality --tasks mt50 --seeds 0 --set "$LANG_SET"
