@@ -59,7 +59,7 @@ def render(name: str, env: str, instruction: str | None) -> str:
         "null: the store's state\n"
         f"dataset_path: data/{name}.zarr\n"
         "allow_mismatch: false      # true: train even when the dataset records other task(s) than env\n"
-        "expert_options: null       # options of the scripted expert dp-collect runs, e.g. rs_square's {plan: two_switches}\n"
+        "expert_options: null       # options of the scripted expert dp-collect runs: rs_square's {plan: two_switches}; any task's {action_noise: 0.2} (DART)\n"
         f"{'demos: ' + str(DEMOS.get(name, DEFAULT_DEMOS)):<27}# demonstrations (per task of a set) the recipe assumes\n"
         + _render_recipe(recipe)
     )

@@ -132,3 +132,41 @@ def test_expert_options_the_expert_does_not_take_stop_before_anything_is_written
     with pytest.raises(TypeError, match="toy's scripted expert takes no options; got \\['plan'\\]"):
         collect(_cfg(tmp_path, task=task))
     assert not (tmp_path / "toy.zarr").exists()
+
+
+def _executed_minus_stored(buf) -> np.ndarray:
+    """Per step of every episode: the action the toy env executed (from its motion) minus the stored one."""
+    from dp.envs.toy import MAX_SPEED
+
+    out = []
+    for i in range(buf.n_episodes):
+        ep = buf.get_episode(i)
+        moved = np.diff(ep["state"][:, :2], axis=0) / MAX_SPEED
+        out.append(moved - np.clip(ep["action"][:-1], -1, 1))
+    return np.concatenate(out)
+
+
+def test_action_noise_executes_noisy_actions_and_stores_the_experts_labels(tmp_path):
+    """DART demonstrations: the env moves by the expert's action plus noise, the store keeps the expert's action,
+    and the same seeds give the same store."""
+    clean = collect(_cfg(tmp_path, output=str(tmp_path / "clean.zarr")))
+    task = {"name": "toy", "env": "toy", "env_options": {}, "expert_options": {"action_noise": 0.3}}
+    noisy = collect(_cfg(tmp_path, task=task, output=str(tmp_path / "noisy.zarr"), keep_failed=True))
+    assert noisy["expert_options"] == {"action_noise": 0.3}
+    gap_clean = _executed_minus_stored(ReplayBuffer.open(tmp_path / "clean.zarr"))
+    gap_noisy = _executed_minus_stored(ReplayBuffer.open(tmp_path / "noisy.zarr"))
+    assert np.abs(gap_clean).max() < 1e-5
+    assert 0.2 < gap_noisy.std() < 0.35  # the noise (std 0.3, clipped to the action space), not stored
+    again = collect(_cfg(tmp_path, task=task, output=str(tmp_path / "again.zarr"), keep_failed=True))
+    assert again["episode_seeds"] == noisy["episode_seeds"]
+    np.testing.assert_array_equal(ReplayBuffer.open(tmp_path / "again.zarr")["state"][:],
+                                  ReplayBuffer.open(tmp_path / "noisy.zarr")["state"][:])
+    assert clean["episodes"] == 6
+
+
+@pytest.mark.parametrize("bad", [-0.1, "loud", float("nan")])
+def test_a_bad_action_noise_says_what_it_expects_before_anything_is_written(tmp_path, bad):
+    task = {"name": "toy", "env": "toy", "env_options": {}, "expert_options": {"action_noise": bad}}
+    with pytest.raises(ValueError, match="action_noise: expected a number >= 0"):
+        collect(_cfg(tmp_path, task=task))
+    assert not (tmp_path / "toy.zarr").exists()

@@ -14,6 +14,7 @@ import difflib
 import importlib
 from functools import cache
 
+from dp.envs.base import perturbed
 from dp.envs.errors import UnknownTaskError
 
 FAMILIES = {
@@ -81,10 +82,13 @@ def make(name: str, **options):
 
 def expert(name: str, **options):
     """The scripted expert for one task: an object with reset() and act(obs). ``options`` (a task config's
-    ``expert_options``) choose among an expert's variants, e.g. rs_square's ``plan``."""
+    ``expert_options``) choose among an expert's variants, e.g. rs_square's ``plan``; ``action_noise``
+    (every task) makes it a DART demonstrator (``dp.envs.base.PerturbedExpert``)."""
+    options = dict(options)
+    action_noise = options.pop("action_noise", 0.0)
     family = _check_single(name)
     experts = importlib.import_module(family.EXPERTS) if hasattr(family, "EXPERTS") else family
-    return experts.expert(name, **options)
+    return perturbed(experts.expert(name, **options), action_noise)
 
 
 def task_set(name: str) -> tuple[str, ...]:

@@ -24,9 +24,11 @@ class Episode:
 
 
 def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> Episode:
-    """Reset env and expert with ``seed`` and step until terminated/truncated (or ``max_steps``)."""
+    """Reset env and expert with ``seed`` and step until terminated/truncated (or ``max_steps``). An expert
+    with ``perturb`` (a DART demonstrator) has its actions executed with noise; ``action`` keeps its labels."""
     obs, info = env.reset(seed=seed)
     expert.reset(seed=seed)
+    perturb = getattr(expert, "perturb", None)
     frames: dict[str, list[np.ndarray]] = {k: [] for k in obs}
     actions: list[np.ndarray] = []
     success = False
@@ -36,6 +38,8 @@ def run_expert_episode(env, expert, seed: int, max_steps: int | None = None) -> 
         for k, v in obs.items():
             frames[k].append(np.asarray(v))
         actions.append(action)
+        if perturb is not None:
+            action = perturb(action, env.action_space.low, env.action_space.high)
         obs, _, terminated, truncated, info = env.step(action)
         success = success or bool(info.get("is_success", False))
         t += 1
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="env option passed to envs.make (repeatable), e.g. robot=Sawyer")
     parser.add_argument("--expert-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="expert option passed to envs.expert (repeatable), e.g. plan=two_switches")
+                        help="expert option passed to envs.expert (repeatable), e.g. plan=two_switches, action_noise=0.2")
     args = parser.parse_args(argv)
     from dp import envs
 
