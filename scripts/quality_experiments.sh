@@ -47,5 +47,9 @@ dp-bench quality --tasks rs_square --seeds 0 1 --set 'task.expert_options={plan:
 for seed in 0 1; do eval_action_steps rs_square "$seed" 1 'task.expert_options={plan: two_switches}'; done
 # one starting noise per episode instead of per prediction, on the recipe's checkpoints
 for seed in 0 1; do for ta in 2 1; do eval_action_steps rs_square "$seed" "$ta" initial_noise=episode; done; done
+# DART demonstrations (the expert's actions executed with noise of std 0.2, its labels stored; own store and
+# runs), evaluated both ways
+dp-bench quality --tasks rs_square --seeds 0 1 --set 'task.expert_options={action_noise: 0.2}'
+for seed in 0 1; do eval_action_steps rs_square "$seed" 1 'task.expert_options={action_noise: 0.2}'; done
 dp-bench quality --tasks pusht@image --seeds $SEEDS
 dp-bench quality --tasks mt50 --seeds 0 --set "$LANG_SET"
