@@ -20,6 +20,9 @@ class Expert(Protocol):
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
+NOISE_STREAM = 0xDA27  # second word of the noise generator's seed, so it never replays the env's own stream
+
+
 class PerturbedExpert:
     """DART's noisy demonstrator (Laskey et al., 2017): the env executes the expert's action plus
     Gaussian noise of std ``action_noise`` (in the action's own units, clipped to the action space)
@@ -42,9 +45,6 @@ class PerturbedExpert:
         """[A] the action to execute: ``action`` plus the noise, within [low, high]."""
         noisy = action + self.rng.normal(0.0, self.action_noise, size=np.shape(action))
         return np.clip(noisy, low, high).astype(np.asarray(action).dtype)
-
-
-NOISE_STREAM = 0xDA27  # second word of the noise generator's seed, so it never replays the env's own stream
 
 
 def perturbed(expert: Expert, action_noise) -> Expert:
