@@ -13,6 +13,11 @@ on the command line (``training.steps=3000``) wins, and choosing a config group 
 keeps the recipe. What was applied is printed and lands in the run's config.yaml, so a
 checkpoint records how it was trained. Every value in a recipe comes with the A/B that justified
 it (a comment beside it and CHANGELOG.md).
+
+``task.eval_recipe`` does the same for dp-eval: the inference settings (``EVAL_KEYS``) that roll a
+task's checkpoints out unless the dp-eval command line sets them, e.g. ``{n_action_steps: 1}`` where
+executing fewer actions of each chunk than training padded for wins. They change no weights, so
+``dp-bench quality`` reads them from the task config as it stands and evaluates runs trained before them.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dp.constants import CONFIG_DIR
 from dp.errors import ConfigError
 
 _ABSENT = object()  # OmegaConf.select's default: tells a missing key from one set to null
+EVAL_KEYS = ("n_action_steps", "initial_noise", "sampler")  # dp-eval keys an eval_recipe may set
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -61,7 +67,9 @@ def pending(recipe: dict, overrides: list[str]) -> dict[str, Any]:
 
 def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Set ``cfg.task.recipe``'s keys on ``cfg`` except those ``overrides`` (the command line's
-    ``key=value`` list) sets, or sets a parent of. Returns what was applied (dotted key -> value)."""
+    ``key=value`` list) sets, or sets a parent of. Returns what was applied (dotted key -> value).
+    A bad ``eval_recipe`` stops here too, before training, not at the first evaluation."""
+    eval_recipe(cfg.task)
     recipe = cfg.task.get("recipe")
     if not recipe:
         return {}
@@ -80,3 +88,22 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     if applied:
         print(f"task {cfg.task.name}'s recipe: " + ", ".join(f"{k}={v}" for k, v in applied.items()), file=sys.stderr)
     return applied
+
+
+def eval_recipe(task: Any) -> dict[str, Any]:
+    """A task config's (or a checkpoint's config.yaml ``task`` mapping's) ``eval_recipe`` as a plain dict,
+    ``{}`` when it has none; keys outside ``EVAL_KEYS`` are refused."""
+    recipe = task.get("eval_recipe") if task is not None else None
+    if OmegaConf.is_config(recipe):
+        recipe = OmegaConf.to_container(recipe, resolve=True)
+    if not recipe:
+        return {}
+    name = task.get("name", "?")
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"task {name}: eval_recipe must be a mapping of dp-eval keys, e.g. {{n_action_steps: 1}}; "
+                          f"found {recipe!r}.")
+    unknown = sorted(set(recipe) - set(EVAL_KEYS))
+    if unknown:
+        raise ConfigError(f"task {name}: eval_recipe sets {unknown}, which are not inference settings; it may set "
+                          f"{list(EVAL_KEYS)}. Fix it in scripts/gen_task_configs.py and regenerate the task configs.")
+    return recipe

@@ -3,8 +3,8 @@
     python scripts/gen_task_configs.py
 
 The files are committed; rerun after adding a task. Hand-edited options belong in
-EXTRA_OPTIONS below, tuned settings in RECIPES (dp/recipes.py says how dp-train applies them),
-not in the generated files.
+EXTRA_OPTIONS below, tuned settings in RECIPES and EVAL_RECIPES (dp/recipes.py says how dp-train
+and dp-eval apply them), not in the generated files.
 """
 from pathlib import Path
 
@@ -37,6 +37,14 @@ RECIPES: dict[str, dict] = {
     # final coverage 0.848 -> 0.897, success 66% -> 74%
     "pusht": {"policy": {"n_action_steps": 2}, "training": {"steps": 50000}},
 }
+# Per task: dp-eval's inference settings (dp.recipes.EVAL_KEYS) for its checkpoints, each with its A/B.
+EVAL_RECIPES: dict[str, dict] = {
+    # Executing 1 action per chunk instead of the 2 the recipe trains for, evaluation only, 50 episodes per
+    # checkpoint: recipe seeds 0 / 1: 82 / 84% -> 90 / 88%; trained for 8 (50000 steps) seeds 1 / 2: 88 / 86% ->
+    # 86 / 94%; DART demonstrations seed 0: 86% -> 94% (mean of the 5 pairs 85.2% -> 90.4%). With the
+    # two_switches expert plan (not adopted) it lost: 86 / 82% -> 86 / 78%.
+    "rs_square": {"n_action_steps": 1},
+}
 # Demonstrations per task that a recipe assumes (dp-bench quality collects this many): the Diffusion
 # Policy benchmarks use 200 (robomimic's proficient-human sets; PushT 206); Meta-World sets 50 per task.
 DEMOS = {"mt10": 50, "mt50": 50}
@@ -62,6 +70,7 @@ def render(name: str, env: str, instruction: str | None) -> str:
         "expert_options: null       # options of the scripted expert dp-collect runs: rs_square's {plan: two_switches}; any task's {action_noise: 0.2} (DART)\n"
         f"{'demos: ' + str(DEMOS.get(name, DEFAULT_DEMOS)):<27}# demonstrations (per task of a set) the recipe assumes\n"
         + _render_recipe(recipe)
+        + _render_eval_recipe(EVAL_RECIPES.get(name, {}))
     )
 
 
@@ -74,6 +83,13 @@ def _render_recipe(recipe: dict) -> str:
         lines.append(f"  {group}:")
         lines += [f"    {k}: {v}" for k, v in values.items()]
     return "\n".join(lines) + "\n"
+
+
+def _render_eval_recipe(recipe: dict) -> str:
+    head = "eval_recipe:               # inference settings dp-eval uses; its command line wins (dp/recipes.py)"
+    if not recipe:
+        return head.replace("eval_recipe:     ", "eval_recipe: null") + "\n"
+    return "\n".join([head] + [f"  {k}: {v}" for k, v in recipe.items()]) + "\n"
 
 
 def write(name: str, text: str) -> None:

@@ -46,9 +46,17 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert not (tmp_path / "runs/q").exists()  # nothing retrained or re-evaluated
     assert json.loads((tmp_path / "results" / "quality.json").read_text())["rows"] == [row]
     shutil.move(tmp_path / "runs_elsewhere", tmp_path / "runs/q")
+    # inference settings name an evaluation of the same runs, its record and its row: nothing is retrained
+    quality.main([*args, "--eval-set", "n_action_steps=1"])
+    tag = quality.settings_tag(["n_action_steps=1"])
+    assert sorted(p.name for p in (tmp_path / "runs/q").iterdir()) == [Path(f"{run}{s}").name for s in (0, 1)]
+    assert json.loads((tmp_path / f"{run}1/eval_quality{tag}/report.json").read_text())["n_action_steps"] == 1
+    assert (tmp_path / "results" / "quality_runs" / f"{Path(run).name}0_eval{tag}.json").exists()
+    rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
+    assert rows[0] == row and rows[1]["settings"].endswith("| eval: n_action_steps=1")
     quality.main([*args, "training.lr=1e-3"])
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
-    assert len(rows) == 2 and rows[0] == row and "training.lr=1e-3" in rows[1]["settings"]
+    assert len(rows) == 3 and rows[0] == row and "training.lr=1e-3" in rows[2]["settings"]
     assert len(list((tmp_path / "runs/q").glob("toy_mlp_bc_*_seed*"))) == 4  # two new runs beside the first two
     assert report0.stat().st_mtime == stamp
 
@@ -85,6 +93,13 @@ def test_pusht_runs_are_named_by_its_state_keys():
     """PushT's task config reads the T's corners (task.state_keys): they name its runs, as its recipe does."""
     assert quality.settings_of("pusht", []) == [
         "policy.n_action_steps=2", "task.state_keys=[agent_pos, keypoint]", "training.steps=50000"]
+
+
+def test_a_task_eval_recipe_names_its_evaluations_and_eval_set_wins():
+    assert quality.eval_settings_of("toy", []) == []
+    assert quality.eval_settings_of("rs_square", []) == ["n_action_steps=1"]  # its eval_recipe
+    assert quality.eval_settings_of("rs_square", ["n_action_steps=2", "initial_noise=episode"]) == \
+        ["initial_noise=episode", "n_action_steps=2"]
 
 
 def test_task_specs_and_row_merging():

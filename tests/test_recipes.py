@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 
 from dp.constants import CONFIG_DIR
 from dp.errors import ConfigError
-from dp.recipes import apply_recipe, flatten, given_keys, pending
+from dp.recipes import EVAL_KEYS, apply_recipe, eval_recipe, flatten, given_keys, pending
 from train_helpers import toy_dataset, train_cli_args
 
 
@@ -52,8 +52,20 @@ def test_every_shipped_recipe_applies_to_the_default_train_config():
 
     for name in [*envs.task_names(), *envs.task_sets()]:
         cfg = train_cfg(f"task={name}")
-        apply_recipe(cfg, [])  # raises on a key the config lacks
+        apply_recipe(cfg, [])  # raises on a key the config lacks, or an eval_recipe key dp-eval lacks
         assert cfg.task.demos >= 1
+        assert set(eval_recipe(cfg.task)) <= set(EVAL_KEYS)
+
+
+def test_an_eval_recipe_holds_inference_settings_only_and_dp_train_checks_it_first():
+    assert eval_recipe(train_cfg().task) == {}  # toy has none
+    good = "task.eval_recipe={n_action_steps: 1, sampler: {name: ddim, steps: 4}}"
+    assert eval_recipe(train_cfg(good).task) == {"n_action_steps": 1, "sampler": {"name": "ddim", "steps": 4}}
+    assert eval_recipe({"name": "x", "eval_recipe": {"initial_noise": "episode"}}) == {"initial_noise": "episode"}
+    for bad, message in (("task.eval_recipe={horizon: 4}", r"eval_recipe sets \['horizon'\], which are not inference"),
+                         ("task.eval_recipe=[1]", "eval_recipe must be a mapping of dp-eval keys")):
+        with pytest.raises(ConfigError, match=message):
+            apply_recipe(train_cfg(bad), [bad])  # before any training
 
 
 def test_dp_train_prints_and_records_the_recipe(tmp_path):

@@ -211,6 +211,28 @@ def test_dp_eval_n_action_steps_sets_how_often_the_policy_predicts(tmp_path, mon
     assert "n_action_steps: expected an integer in [1, horizon - n_obs_steps + 1 = 7], found 8" in capsys.readouterr().err
 
 
+def test_dp_eval_takes_its_task_eval_recipe_unless_the_command_line_sets_a_key(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from dp.eval.cli import main as dp_eval
+    from train_helpers import tiny_checkpoint
+
+    tiny_checkpoint(tmp_path / "run", eval_recipe={"n_action_steps": 1, "initial_noise": "episode"})  # trained: 4
+    for args, n in (([], 1), (["n_action_steps=2"], 2)):
+        out = tmp_path / f"eval_{n}"
+        monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",
+                                          "n_videos=0", "progress=false", "max_steps=8", f"output_dir={out}", *args])
+        dp_eval()
+        report = json.loads((out / "report.json").read_text())
+        assert report["n_action_steps"] == n and report["initial_noise"] == "episode"
+    tiny_checkpoint(tmp_path / "bad", eval_recipe={"horizon": 4})
+    monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'bad'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        dp_eval()
+    assert exit_info.value.code == 2
+    assert "eval_recipe sets ['horizon'], which are not inference settings" in capsys.readouterr().err
+
+
 def test_dp_eval_initial_noise_is_recorded_and_checked(tmp_path, monkeypatch, capsys):
     import sys
 

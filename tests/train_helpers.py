@@ -38,8 +38,9 @@ def train_cli_args(dataset: Path, output_dir: Path, *overrides: str) -> list[str
             "training.log_every=1", "training.lr=2e-3", *overrides]
 
 
-def tiny_checkpoint(run: Path, policy=None, step: int = 1) -> Path:
-    """A checkpoint of an untrained tiny DiT for the toy task under ``run/checkpoints``, as dp-train writes it."""
+def tiny_checkpoint(run: Path, policy=None, step: int = 1, eval_recipe: dict | None = None) -> Path:
+    """A checkpoint of an untrained tiny DiT for the toy task under ``run/checkpoints``, as dp-train writes it
+    (its task config with ``eval_recipe`` when given)."""
     import numpy as np
     import torch
 
@@ -53,7 +54,8 @@ def tiny_checkpoint(run: Path, policy=None, step: int = 1) -> Path:
                            heads=2)
         rng = np.random.default_rng(0)
         policy.set_normalizer(Normalizer.fit({"action": rng.normal(size=(200, 2)), "state": rng.normal(size=(200, 4))}))
-    config = {"policy": policy.config, "task": {"name": "toy", "env": "toy", "env_options": {}},
+    task = {"name": "toy", "env": "toy", "env_options": {}, **({"eval_recipe": eval_recipe} if eval_recipe else {})}
+    config = {"policy": policy.config, "task": task,
               "dataset_attrs": {"tasks": ["toy"], "env_options": {"obs": "state"}}}
     optimizer = torch.optim.SGD(policy.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)

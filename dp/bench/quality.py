@@ -1,7 +1,8 @@
 """Policy quality over training seeds: collect, train and evaluate a task list, one table.
 
     dp-bench quality --tasks rs_can rs_square pusht pusht@image --seeds 0 1 2 [--policies dit mode]
-                     [--episodes 50] [--set training.steps=3000 ...] [--runs runs/quality]
+                     [--episodes 50] [--set training.steps=3000 ...] [--eval-set n_action_steps=1 ...]
+                     [--runs runs/quality]
 
 Per task (``NAME`` or ``NAME@image`` for image observations):
 
@@ -15,7 +16,9 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
   runs as the A/B that set it with ``--set``; resumed when interrupted; a run
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
   ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
-  (``dp.eval.rollout.eval_seeds``);
+  (``dp.eval.rollout.eval_seeds``), with the task's ``eval_recipe`` and ``--eval-set`` (inference settings:
+  they name the evaluation, ``eval_quality[_<hash>]``, and its record, not the run, so a finished run is
+  evaluated again under them without training);
 - a row: success per seed, their mean and sample standard deviation (PushT: also the mean final coverage
   of the target, and DP's score, the best clip(coverage / 0.95, 0, 1) of an episode, each averaged over
   episodes and seeds), training minutes per seed, steps, the machine.
@@ -139,6 +142,16 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
     return sorted(item for item in settings if not restates_default(item))
 
 
+def eval_settings_of(name: str, eval_overrides: list[str]) -> list[str]:
+    """The inference settings of a task's evaluations, sorted: its config's ``eval_recipe`` keys that
+    ``eval_overrides`` (``--eval-set``) leaves to it, then ``eval_overrides``, as dp-eval ``key=value``."""
+    from dp.recipes import eval_recipe
+
+    given = {o.split("=", 1)[0] for o in eval_overrides}
+    recipe = [f"{k}={_flow(v)}" for k, v in eval_recipe(_task_cfg(name)).items() if k not in given]
+    return sorted(recipe + list(eval_overrides))
+
+
 def _flow(value) -> str:
     """A config value as a command line writes it: {state: [4]}."""
     if isinstance(value, dict):
@@ -169,11 +182,13 @@ def run_dir(name: str, policy: str, seed: int, overrides: list[str], obs: str = 
 
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
                    episodes: int, data: Path, demos: int | None = None, device: str = "cpu",
-                   settings: list[str] | None = None) -> dict:
+                   settings: list[str] | None = None, eval_settings: list[str] = ()) -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary.
-    ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself."""
+    ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself. ``eval_settings``
+    (dp-eval ``key=value``) name the evaluation and the record: ``eval_quality[_<hash>]``."""
     run = run_name(name, obs, policy, overrides if settings is None else settings, seed)
-    record = RESULTS_DIR / "quality_runs" / f"{run}.json"
+    eval_tag = settings_tag(list(eval_settings))
+    record = RESULTS_DIR / "quality_runs" / f"{run}{'_eval' + eval_tag if eval_tag else ''}.json"
     if record.exists():
         return json.loads(record.read_text())
     store = store_for(name, obs, data, demos, overrides if settings is None else settings)
@@ -183,10 +198,10 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
               f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
               "progress=false", *overrides])
         (out / ".done").touch()
-    report = out / "eval_quality" / "report.json"
+    report = out / f"eval_quality{eval_tag}" / "report.json"
     if not report.exists():
         _run([sys.executable, "-m", "dp.eval.cli", f"checkpoint={out}", f"n_episodes={episodes}",
-              f"output_dir={report.parent}", f"device={device}", "progress=false"])
+              f"output_dir={report.parent}", f"device={device}", "progress=false", *eval_settings])
     result = {"report": {k: v for k, v in json.loads(report.read_text()).items() if k not in _UNRECORDED},
               "train": json.loads((out / "train_summary.json").read_text()), "run": str(out),
               "machine": machine_label(device)}
@@ -204,15 +219,17 @@ def machine_label(device: str) -> str:
 
 
 def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: list[int],
-                runs_out: list[dict]) -> dict:
-    """One table row from each seed's record: eval report, train summary and machine."""
+                runs_out: list[dict], eval_settings: list[str] = ()) -> dict:
+    """One table row from each seed's record: eval report, train summary and machine. The settings column
+    names the run's settings, then ``| eval:`` and the evaluation's, if any."""
     machine = "; ".join(dict.fromkeys(r["machine"] for r in runs_out))
     success = [r["report"]["success_rate"] for r in runs_out]
     row = {"task": name if obs == "state" else f"{name}@image", "policy": policy, "seeds": len(seeds),
            "success_mean": float(np.mean(success)), "success_std": float(np.std(success, ddof=1)) if len(success) > 1
            else 0.0, "per_seed": " / ".join(f"{s:.0%}" for s in success),
            "train_min": float(np.mean([r["train"].get("total_seconds", r["train"]["seconds"]) for r in runs_out]) / 60),
-           "steps": runs_out[0]["train"]["steps"], "settings": " ".join(settings), "machine": machine,
+           "steps": runs_out[0]["train"]["steps"], "machine": machine,
+           "settings": " ".join([*settings, *(["| eval:", *eval_settings] if eval_settings else [])]),
            "episodes_per_seed": runs_out[0]["report"]["episodes"], "seed_list": seeds}
     for figure in ("coverage", "score"):  # final-info means an env reports (PushT's), where every seed has them
         values = [t.get(f"mean_{figure}") for r in runs_out for t in r["report"]["per_task"].values()]
@@ -249,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--episodes", type=int, default=50, help="evaluation episodes per seed (per task of a set)")
     parser.add_argument("--set", nargs="*", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="dp-train overrides for every run (they win over the task's recipe)")
+    parser.add_argument("--eval-set", nargs="*", default=[], dest="eval_overrides", metavar="KEY=VALUE",
+                        help="dp-eval overrides for every evaluation (they win over the task's eval_recipe), "
+                             "e.g. n_action_steps=1")
     parser.add_argument("--runs", default="runs/quality", help="where the runs go")
     parser.add_argument("--data", default="data/quality", help="where the collected stores go")
     parser.add_argument("--demos", type=int, default=None,
@@ -258,14 +278,15 @@ def main(argv: list[str] | None = None) -> None:
     specs = [task_spec(t) for t in args.tasks]
     overrides = list(args.overrides)
     for name, obs in specs:
-        settings = settings_of(name, overrides)
+        settings, eval_settings = settings_of(name, overrides), eval_settings_of(name, list(args.eval_overrides))
         for policy in args.policies:
             outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
-                                   args.demos, device, settings)
+                                   args.demos, device, settings, eval_settings)
                     for s in args.seeds]
-            row = quality_row(name, obs, policy, settings, args.seeds, outs)
+            row = quality_row(name, obs, policy, settings, args.seeds, outs, eval_settings)
             if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
-                write_result(f"quality_{name}_{policy}{settings_tag(settings)}_per_task", per_task_rows(outs),
+                tag = settings_tag(settings) + settings_tag(eval_settings)
+                write_result(f"quality_{name}_{policy}{tag}_per_task", per_task_rows(outs),
                              ["task", "success_mean", "per_seed"], {"row": row}, device=device)
             path = RESULTS_DIR / "quality.json"  # written row by row: a long task list keeps what it finished
             old = json.loads(path.read_text())["rows"] if path.exists() else []

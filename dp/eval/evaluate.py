@@ -12,6 +12,7 @@ from dp.eval.env_batch import VECTOR_MODES
 from dp.eval.rollout import eval_seeds, run_episodes, summarize
 from dp.checkpoint import checkpoint_rollouts, load_config, resolve
 from dp.policies.registry import load_policy
+from dp.recipes import eval_recipe
 
 
 def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str | None = None, n_envs: int = 10,
@@ -27,6 +28,10 @@ def evaluate_checkpoint(checkpoint: str, n_episodes: int = 50, output_dir: str |
         raise ConfigError(f"vector: expected one of {list(VECTOR_MODES)}, found {vector!r}.")
     ckpt = resolve(checkpoint)
     cfg = load_config(ckpt)
+    defaults = eval_recipe(cfg.get("task"))  # the task's eval_recipe when it trained: the command line wins
+    sampler = sampler or defaults.get("sampler")
+    n_action_steps = defaults.get("n_action_steps") if n_action_steps is None else n_action_steps
+    initial_noise = defaults.get("initial_noise") if initial_noise is None else initial_noise
     out = Path(output_dir) if output_dir else ckpt.parent.parent / "eval"
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(ckpt, ema=ema, device=device)
