@@ -53,7 +53,7 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert json.loads((tmp_path / f"{run}1/eval_quality{tag}/report.json").read_text())["n_action_steps"] == 1
     assert (tmp_path / "results" / "quality_runs" / f"{Path(run).name}0_eval{tag}.json").exists()
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
-    assert rows[0] == row and rows[1]["settings"].endswith("| eval: n_action_steps=1")
+    assert rows[0] == row and rows[1]["settings"].endswith("; eval: n_action_steps=1")
     quality.main([*args, "training.lr=1e-3"])
     rows = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
     assert len(rows) == 3 and rows[0] == row and "training.lr=1e-3" in rows[2]["settings"]
@@ -136,14 +136,27 @@ def test_a_row_averages_the_final_coverage_and_score_where_every_seed_reports_th
 
 
 def test_an_expert_variant_names_its_runs_and_its_store(tmp_path):
-    """Demonstrations from another expert variant (task.expert_options) train other runs, from their own store;
-    the task's default (no options) names neither."""
-    variant = ["task.expert_options={plan: two_switches}"]
-    settings = quality.settings_of("rs_square", variant)
-    assert variant[0] in settings and quality.settings_of("rs_square", []) != settings
-    assert not any(s.startswith("task.expert_options") for s in quality.settings_of("rs_square", []))
-    assert quality.store_path("rs_square", "state", tmp_path, quality.settings_of("rs_square", [])) == \
-        tmp_path / "rs_square.zarr"
-    other = quality.store_path("rs_square", "state", tmp_path, settings)
-    assert other.name.startswith("rs_square_") and other != tmp_path / "rs_square.zarr"
-    assert quality.store_path("rs_square", "image", tmp_path, settings).name.startswith("rs_square_img_")
+    """Demonstrations from another expert variant (task.expert_options) train other runs, from their own store,
+    named by the options' value however the command line reached it; the stock expert (none) names neither, so
+    its runs kept their names when rs_square adopted DART demonstrations."""
+    recipe = ["policy.n_action_steps=2", "training.steps=50000"]
+    dart = "task.expert_options={action_noise: 0.2}"
+    assert quality.settings_of("rs_square", []) == sorted([*recipe, dart])  # rs_square's own options
+    assert quality.settings_of("rs_square", [dart]) == quality.settings_of("rs_square", [])
+    stock = quality.settings_of("rs_square", ["task.expert_options=null"])
+    assert stock == recipe and quality.settings_tag(stock) == "_ccdc8f56"  # the name its runs had before DART
+    assert quality.store_path("rs_square", "state", tmp_path, stock) == tmp_path / "rs_square.zarr"
+    assert quality.settings_of("rs_can", []) == ["training.steps=20000"]
+    # hydra merges a mapping into the one there: a variant replaces rs_square's options after clearing them
+    plan = quality.settings_of("rs_square", ["task.expert_options=null", "task.expert_options={plan: two_switches}"])
+    assert plan == sorted([*recipe, "task.expert_options={plan: two_switches}"])
+    assert quality.settings_of("rs_square", ["task.expert_options.action_noise=0.1"]) == \
+        sorted([*recipe, "task.expert_options={action_noise: 0.1}"])
+    default = quality.settings_of("rs_square", [])
+    stores = {quality.store_path("rs_square", "state", tmp_path, s) for s in (stock, plan, default)}
+    assert len(stores) == 3 and all(p.name.startswith("rs_square") for p in stores)
+    assert quality.store_path("rs_square", "image", tmp_path, plan).name.startswith("rs_square_img_")
+    # dp-collect clears the task's options before it sets the variant's
+    assert quality._collect_expert(plan) == ["task.expert_options=null", "task.expert_options={plan: two_switches}"]
+    assert quality._collect_expert(stock) == ["task.expert_options=null"]
+

@@ -217,7 +217,7 @@ def test_dp_eval_takes_its_task_eval_recipe_unless_the_command_line_sets_a_key(t
     from dp.eval.cli import main as dp_eval
     from train_helpers import tiny_checkpoint
 
-    tiny_checkpoint(tmp_path / "run", eval_recipe={"n_action_steps": 1, "initial_noise": "episode"})  # trained: 4
+    tiny_checkpoint(tmp_path / "run", eval_recipe={"n_action_steps": 1, "initial_noise": "episode"})  # trains 4
     for args, n in (([], 1), (["n_action_steps=2"], 2)):
         out = tmp_path / f"eval_{n}"
         monkeypatch.setattr(sys, "argv", ["dp-eval", f"checkpoint={tmp_path / 'run'}", "n_episodes=2", "n_envs=2",

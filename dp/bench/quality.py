@@ -49,7 +49,7 @@ from dp.results import RESULTS_DIR, machine_info, write_result
 
 _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
-TASK_SETTINGS = ("obs_angles", "state_keys", "expert_options")
+TASK_SETTINGS = ("obs_angles", "state_keys")  # and expert_options, named by its value (settings_of)
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "coverage_mean", "score_mean",
            "train_min", "steps", "settings", "machine"]
@@ -64,14 +64,14 @@ def task_spec(spec: str) -> tuple[str, str]:
     return name, obs
 
 
-def _train_cfg(name: str):
-    """dp-train's config for task ``name`` with the defaults (its recipe not applied)."""
+def _train_cfg(name: str, overrides: list[str] = ()):
+    """dp-train's config for task ``name`` with the defaults and ``overrides`` (its recipe not applied)."""
     from hydra import compose, initialize_config_dir
 
     from dp.constants import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose("train", overrides=[f"task={name}"])
+        return compose("train", overrides=[f"task={name}", *overrides])
 
 
 def _task_cfg(name: str):
@@ -90,6 +90,13 @@ def _expert_settings(settings: list[str]) -> list[str]:
     return [item for item in settings if item.startswith("task.expert_options=")]
 
 
+def _collect_expert(settings: list[str]) -> list[str]:
+    """dp-collect's overrides for the expert that ``settings`` name: the task's options cleared first (a hydra
+    override merges a mapping into the one there), then the named ones; none for the task's stock expert."""
+    named = _expert_settings(settings)
+    return ["task.expert_options=null", *named] if named else ["task.expert_options=null"]
+
+
 def store_path(name: str, obs: str, data: Path, settings: list[str] = ()) -> Path:
     """``<data>/<name>[_img][_<hash of the expert options>].zarr``: demonstrations from another expert variant
     (``task.expert_options`` among the run's settings) go to their own store."""
@@ -103,7 +110,7 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None, setting
     if not path.exists():
         demos = demos or _task_cfg(name).demos
         _run([sys.executable, "-m", "dp.collect", f"task={name}", f"n_episodes={demos}", f"obs={obs}",
-              f"output={path}", "progress=false", *_expert_settings(settings)])
+              f"output={path}", "progress=false", *_collect_expert(settings)])
     return str(path)
 
 
@@ -112,7 +119,9 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
     (``--set``) leaves to it, the task config's ``TASK_SETTINGS`` it sets, and ``overrides``, as
     ``key=value``, less any that only restates a default (``training.steps=5000``). A recipe or task value
     and the same ``--set`` give the same settings, so they name the same runs; the defaults, set or not,
-    name the runs without a hash."""
+    name the runs without a hash. The expert's options are named by their value once ``overrides`` apply
+    (``task.expert_options={plan: two_switches}``, however the command line reached it), and the stock
+    expert (none) by nothing, so its runs keep their names when a task adopts options."""
     if any(o.lstrip("+~").startswith("task.recipe") for o in overrides):
         return list(overrides)
     from omegaconf import OmegaConf
@@ -122,8 +131,14 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
     cfg = _train_cfg(name)
     recipe = cfg.task.get("recipe")
     tree = OmegaConf.to_container(recipe, resolve=True) if recipe else {}
-    settings = [f"{k}={v}" for k, v in pending(tree, overrides).items()] + list(overrides)
+    expert = lambda o: o.lstrip("+~").startswith("task.expert_options")  # noqa: E731
+    settings = [f"{k}={v}" for k, v in pending(tree, overrides).items()] + [o for o in overrides if not expert(o)]
     given = given_keys(overrides)
+    options = _train_cfg(name, overrides).task.get("expert_options") if any(map(expert, overrides)) else \
+        cfg.task.get("expert_options")
+    options = OmegaConf.to_container(options, resolve=True) if OmegaConf.is_config(options) else options
+    if options not in (None, {}):
+        settings.append(f"task.expert_options={_flow(options)}")
     for key in TASK_SETTINGS:  # set in the task config itself (not its recipe), named as --set would name them
         value = cfg.task.get(key)
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
@@ -221,7 +236,7 @@ def machine_label(device: str) -> str:
 def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: list[int],
                 runs_out: list[dict], eval_settings: list[str] = ()) -> dict:
     """One table row from each seed's record: eval report, train summary and machine. The settings column
-    names the run's settings, then ``| eval:`` and the evaluation's, if any."""
+    names the run's settings, then ``; eval:`` and the evaluation's, if any."""
     machine = "; ".join(dict.fromkeys(r["machine"] for r in runs_out))
     success = [r["report"]["success_rate"] for r in runs_out]
     row = {"task": name if obs == "state" else f"{name}@image", "policy": policy, "seeds": len(seeds),
@@ -229,7 +244,8 @@ def quality_row(name: str, obs: str, policy: str, settings: list[str], seeds: li
            else 0.0, "per_seed": " / ".join(f"{s:.0%}" for s in success),
            "train_min": float(np.mean([r["train"].get("total_seconds", r["train"]["seconds"]) for r in runs_out]) / 60),
            "steps": runs_out[0]["train"]["steps"], "machine": machine,
-           "settings": " ".join([*settings, *(["| eval:", *eval_settings] if eval_settings else [])]),
+           "settings": "; ".join(filter(None, [" ".join(settings),
+                                                 "eval: " + " ".join(eval_settings) if eval_settings else ""])),
            "episodes_per_seed": runs_out[0]["report"]["episodes"], "seed_list": seeds}
     for figure in ("coverage", "score"):  # final-info means an env reports (PushT's), where every seed has them
         values = [t.get(f"mean_{figure}") for r in runs_out for t in r["report"]["per_task"].values()]
