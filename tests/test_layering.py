@@ -21,7 +21,7 @@ ALLOWED = {
     "dp.policies": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data", "dp.checkpoint", "dp.runtime"},
     "dp.deploy": {"dp.core", "dp.policies", "dp.checkpoint", "dp.runtime"},
     "dp.video": {"dp.core", "dp.diffusion", "dp.encoders", "dp.data"},
-    "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "dp.envs"},
+    "dp.eval": {"dp.policies", "dp.video", "dp.data", "dp.checkpoint", "dp.envs", "dp.recipes"},
     "dp.control": {"dp.policies", "dp.checkpoint", "dp.eval", "dp.runtime", "dp.deploy", "dp.envs"},
     "dp.train": {"dp.policies", "dp.data", "dp.checkpoint", "dp.eval", "dp.envs"},
     "dp.bench": {"dp.core", "dp.diffusion", "dp.encoders", "dp.policies", "dp.video", "dp.data", "dp.checkpoint",
