@@ -93,8 +93,7 @@ def _expert_settings(settings: list[str]) -> list[str]:
 def _collect_expert(settings: list[str]) -> list[str]:
     """dp-collect's overrides for the expert that ``settings`` name: the task's options cleared first (a hydra
     override merges a mapping into the one there), then the named ones, if any (none: the stock expert)."""
-    named = _expert_settings(settings)
-    return ["task.expert_options=null", *named] if named else ["task.expert_options=null"]
+    return ["task.expert_options=null", *_expert_settings(settings)]
 
 
 def store_path(name: str, obs: str, data: Path, settings: list[str] = ()) -> Path:
