@@ -48,9 +48,10 @@ EXPERT_OPTIONS: dict[str, str] = {
 # Per task: dp-eval's inference settings (dp.recipes.EVAL_KEYS) for its checkpoints, each with its A/B.
 EVAL_RECIPES: dict[str, dict] = {
     # Executing 1 action per chunk instead of the 2 the recipe trains for, evaluation only, 50 episodes per
-    # checkpoint: recipe seeds 0 / 1: 82 / 84% -> 90 / 88%; trained for 8 (50000 steps) seeds 1 / 2: 88 / 86% ->
-    # 86 / 94%; DART demonstrations seed 0: 86% -> 94% (mean of the 5 pairs 85.2% -> 90.4%). With the
-    # two_switches expert plan (not adopted) it lost: 86 / 82% -> 86 / 78%.
+    # checkpoint: stock expert seeds 0 / 1 / 2: 82 / 84 / 84% -> 90 / 88 / 82%; trained for 8 (50000 steps)
+    # seeds 1 / 2: 88 / 86% -> 86 / 94%; DART demonstrations seeds 0 / 1 / 2: 86 / 92 / 100% -> 94 / 92 / 96%
+    # (better on 4 of the 8 checkpoints, tied on 1, worse on 3; mean 87.8% -> 90.3%). With the two_switches
+    # expert plan (not adopted) it lost: 86 / 82% -> 86 / 78%.
     "rs_square": {"n_action_steps": 1},
 }
 # Demonstrations per task that a recipe assumes (dp-bench quality collects this many): the Diffusion
