@@ -156,6 +156,9 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from dp.overrides import replace_mappings_in_argv
+
+    replace_mappings_in_argv()
     _hydra_main()
 
 

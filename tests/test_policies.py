@@ -83,6 +83,27 @@ def test_image_policy_trains_and_predicts(tmp_path):
     assert sorted(policy.obs_encoder.keys) == ["agent_pos", "image"]  # not the full state: it holds the objects
     obs = {"agent_pos": torch.zeros(2, 2, 2), "image": torch.zeros(2, 2, 3, 32, 32, dtype=torch.uint8)}
     assert policy.predict_action(obs).shape == (2, 8, 2)
+    stem = policy.obs_encoder.encoders["image"].stem[0].weight  # a loaded checkpoint keeps the fast layout
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+
+
+def test_image_encoder_layouts_agree():
+    """Channels-last and contiguous trunks compute the same features (to float rounding), so the layout
+    is a speed choice only; gradients agree too."""
+    from dp.encoders.image import ImageEncoder
+
+    torch.manual_seed(0)
+    fast = ImageEncoder(image_size=40, crop=32, dim=16, width=8).eval()
+    plain = ImageEncoder(image_size=40, crop=32, dim=16, width=8).eval()
+    plain.load_state_dict(fast.state_dict())
+    plain.set_memory_format(torch.contiguous_format)
+    assert plain.stem[0].weight.is_contiguous()
+    images = torch.randint(0, 256, (3, 3, 40, 40), dtype=torch.uint8)
+    a, b = fast(images), plain(images)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast.stem[0].weight.grad, plain.stem[0].weight.grad, rtol=1e-3, atol=1e-5)
 
 
 def test_sampler_and_process_options_from_config(tmp_path):

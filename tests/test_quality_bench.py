@@ -78,6 +78,15 @@ def test_a_recipe_and_the_same_set_name_the_same_runs():
     assert quality.settings_tag([]) == ""
 
 
+def test_execution_settings_do_not_name_runs():
+    """bf16, compile, threads and the image cache change how a run computes, not what it learns: as --device,
+    they leave its name alone, so an interrupted run resumes under them; a learning setting beside them names."""
+    fast = ["training.bf16=true", "training.compile=true", "training.num_threads=1", "training.image_cache_mb=64"]
+    assert quality.settings_of("toy", fast) == []
+    assert quality.settings_of("pusht", fast) == quality.settings_of("pusht", [])
+    assert quality.settings_of("toy", [*fast, "training.lr=0.01"]) == ["training.lr=0.01"]
+
+
 def test_a_task_setting_and_the_same_set_name_the_same_runs(monkeypatch):
     """task.obs_angles set in the task config names runs as --set 'task.obs_angles=...' does; order is free."""
     cfg = quality._train_cfg("toy")

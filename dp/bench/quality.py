@@ -13,7 +13,8 @@ Per task (``NAME`` or ``NAME@image`` for image observations):
 - per policy and training seed: ``dp-train`` with the task's recipe (``dp/recipes.py``) and
   ``--set`` overrides into ``<runs>/<task>_<policy>[_<hash of the settings>]_seed<S>``, where the settings are
   the recipe's keys that ``--set`` leaves to it and then ``--set`` itself (so a recipe value names the same
-  runs as the A/B that set it with ``--set``; resumed when interrupted; a run
+  runs as the A/B that set it with ``--set``; execution settings such as ``training.bf16`` name nothing, like
+  ``--device``, so an interrupted run may resume under them; resumed when interrupted; a run
   is finished when it holds ``.done``), then ``dp-eval`` of its final checkpoint on
   ``--episodes`` initial states, the same for every seed and disjoint from the collection seeds
   (``dp.eval.rollout.eval_seeds``), with the task's ``eval_recipe`` and ``--eval-set`` (inference settings:
@@ -50,6 +51,8 @@ from dp.results import RESULTS_DIR, machine_info, write_result
 _ABSENT = object()
 # task-config keys that change what a run learns, beside its recipe's train-config keys: they name runs too
 TASK_SETTINGS = ("obs_angles", "state_keys")  # and expert_options, named by its value (settings_of)
+# how a run computes, not what it learns (as --device): they do not name runs, so a run resumes under them
+EXECUTION_KEYS = ("training.bf16", "training.compile", "training.num_threads", "training.image_cache_mb")
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "coverage_mean", "score_mean",
            "train_min", "steps", "settings", "machine"]
@@ -69,9 +72,10 @@ def _train_cfg(name: str, overrides: list[str] = ()):
     from hydra import compose, initialize_config_dir
 
     from dp.constants import CONFIG_DIR
+    from dp.overrides import replace_mappings
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
-        return compose("train", overrides=[f"task={name}", *overrides])
+        return compose("train", overrides=replace_mappings([f"task={name}", *overrides]))
 
 
 def _task_cfg(name: str):
@@ -153,7 +157,10 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
             return False
         return ("null" if default is None else str(default)) == value
 
-    return sorted(item for item in settings if not restates_default(item))
+    def executes(item: str) -> bool:
+        return item.split("=", 1)[0].lstrip("+~") in EXECUTION_KEYS
+
+    return sorted(item for item in settings if not (executes(item) or restates_default(item)))
 
 
 def eval_settings_of(name: str, eval_overrides: list[str]) -> list[str]:

@@ -160,6 +160,9 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    from dp.overrides import replace_mappings_in_argv
+
+    replace_mappings_in_argv()
     _main()
 
 
