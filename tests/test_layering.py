@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # modules anything may import; they import nothing of dp but each other
-LEAVES = {"dp", "dp.errors", "dp.constants", "dp.keys", "dp.results", "dp.cli_errors", "dp.envs.errors"}
+LEAVES = {"dp", "dp.errors", "dp.constants", "dp.keys", "dp.results", "dp.cli_errors", "dp.overrides", "dp.envs.errors"}
 # package -> the packages it may import (leaves always allowed); entry points (*.cli, dp.collect) may import anything
 ALLOWED = {
     "dp.core": set(),
