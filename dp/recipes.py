@@ -77,8 +77,11 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     if not isinstance(tree, dict):
         raise ConfigError(f"task {cfg.task.name}: recipe must be a mapping of train-config keys, e.g. "
                           f"{{training: {{steps: 20000}}}}; found {tree!r}.")
-    applied = {}
+    applied, skipped = {}, []
     for key, value in pending(tree, overrides).items():
+        if _policy_lacks(cfg, key):
+            skipped.append(key)
+            continue
         if key.split(".")[0] == "task" or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
             raise ConfigError(f"task {cfg.task.name}'s recipe sets {key!r}, which the train config does not have "
                               f"(or a task key, which belongs in the task itself): fix the recipe in "
@@ -87,7 +90,20 @@ def apply_recipe(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         applied[key] = value
     if applied:
         print(f"task {cfg.task.name}'s recipe: " + ", ".join(f"{k}={v}" for k, v in applied.items()), file=sys.stderr)
+    if skipped:
+        print(f"task {cfg.task.name}'s recipe: left out {', '.join(skipped)} (policy {cfg.policy.get('name')} has "
+              "no such key)", file=sys.stderr)
     return applied
+
+
+def _policy_lacks(cfg: DictConfig, key: str) -> bool:
+    """A ``policy.*`` recipe key the chosen policy lacks but the baseline dit policy has (pusht's
+    ``policy.image_encoder`` under ``policy=pad``): it tunes a part that policy does not have, so it is
+    left out. A key no baseline has is a typo, refused by the caller."""
+    if not key.startswith("policy.") or OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT:
+        return False
+    baseline = OmegaConf.load(Path(CONFIG_DIR) / "policy" / "dit.yaml")
+    return OmegaConf.select(baseline, key.removeprefix("policy."), default=_ABSENT) is not _ABSENT
 
 
 def eval_recipe(task: Any) -> dict[str, Any]:

@@ -35,7 +35,12 @@ RECIPES: dict[str, dict] = {
     # (the scripted expert pushes up to 30 px a step; 8 open-loop steps carry the T far)
     # with the T's corners as state (2 actions per chunk), seed 0: 20000 -> 50000 steps: score 0.902 -> 0.937,
     # final coverage 0.848 -> 0.897, success 66% -> 74%
-    "pusht": {"policy": {"n_action_steps": 2}, "training": {"steps": 50000}},
+    # from images (state runs ignore policy.image_encoder, dp.bench.quality.IMAGE_ONLY_KEYS), seed 0: the stock
+    # encoder (76 px crop, 4 stages: a 3x3 map) -> 84 px crop, 3 stages (a 6x6 map): validation loss at 5000 /
+    # 8000 steps 0.0756 / 0.0680 -> 0.0656 / 0.0557 (the state policy's: 0.066 / 0.0531); 20 episodes at 5000
+    # steps: score 0.307 (stock at 18774: 0.106); scripts/pusht_pose_probe.py: pose RMSE 17.4 / 12.1 -> 5.7 / 5.1 px
+    "pusht": {"policy": {"n_action_steps": 2, "image_encoder": {"stages": 3, "crop": 84}},
+              "training": {"steps": 50000}},
 }
 # Per task: the scripted expert's options for the demonstrations dp-collect records (task.expert_options), with the
 # A/B that justified each.
@@ -88,11 +93,11 @@ def _render_recipe(recipe: dict) -> str:
     head = "recipe:                    # tuned train settings; the command line wins (dp/recipes.py)"
     if not recipe:
         return head.replace("recipe:     ", "recipe: null") + "\n"
-    lines = [head]
-    for group, values in recipe.items():
-        lines.append(f"  {group}:")
-        lines += [f"    {k}: {v}" for k, v in values.items()]
-    return "\n".join(lines) + "\n"
+    def block(tree: dict, indent: str) -> list[str]:
+        return [line for k, v in tree.items() for line in
+                ([f"{indent}{k}:", *block(v, indent + "  ")] if isinstance(v, dict) else [f"{indent}{k}: {v}"])]
+
+    return "\n".join([head, *block(recipe, "  ")]) + "\n"
 
 
 def _render_eval_recipe(recipe: dict) -> str:

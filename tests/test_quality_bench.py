@@ -87,6 +87,20 @@ def test_execution_settings_do_not_name_runs():
     assert quality.settings_of("toy", [*fast, "training.lr=0.01"]) == ["training.lr=0.01"]
 
 
+def test_image_encoder_settings_name_image_runs_only(monkeypatch):
+    """A state policy never reads policy.image_encoder: set or in the recipe, it leaves a state run's name
+    alone and names an image run, the recipe's value as the same --set would."""
+    enc = ["policy.image_encoder.stages=3", "policy.image_encoder.crop=84"]
+    assert quality.settings_of("toy", enc) == quality.settings_of("toy", []) == []
+    assert quality.settings_of("toy", enc, "image") == sorted(enc)
+    given = quality.settings_of("toy", [*enc, "training.lr=0.01"], "image")
+    cfg = quality._train_cfg("toy")
+    cfg.task.recipe = {"policy": {"image_encoder": {"stages": 3, "crop": 84}}}
+    monkeypatch.setattr(quality, "_train_cfg", lambda name, overrides=(): cfg)
+    assert quality.settings_of("toy", ["training.lr=0.01"], "image") == given
+    assert quality.settings_of("toy", ["training.lr=0.01"]) == ["training.lr=0.01"]
+
+
 def test_a_task_setting_and_the_same_set_name_the_same_runs(monkeypatch):
     """task.obs_angles set in the task config names runs as --set 'task.obs_angles=...' does; order is free."""
     cfg = quality._train_cfg("toy")

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from dp.constants import CONFIG_DIR
 from dp.errors import ConfigError
@@ -47,12 +48,26 @@ def test_a_recipe_key_the_config_lacks_is_refused_with_the_fix():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": [1, 2], "d": {}}
 
 
+def test_a_policy_key_the_chosen_policy_lacks_is_left_out(capsys):
+    """pusht's recipe tunes the dit image encoder: policy=pad (no image_encoder) trains with the rest of it;
+    a policy key that not even the baseline dit policy has is still refused."""
+    cfg = train_cfg("task=pusht", "policy=pad")
+    applied = apply_recipe(cfg, [])
+    assert "policy.image_encoder.crop" not in applied and applied["policy.n_action_steps"] == 2
+    assert "image_encoder" not in cfg.policy and "left out policy.image_encoder" in capsys.readouterr().err
+    bad = "task.recipe={policy: {n_action_stepz: 2}}"
+    with pytest.raises(ConfigError, match="recipe sets 'policy.n_action_stepz'"):
+        apply_recipe(train_cfg(bad, "policy=pad"), [bad])
+
+
 def test_every_shipped_recipe_applies_to_the_default_train_config():
     from dp import envs
 
     for name in [*envs.task_names(), *envs.task_sets()]:
         cfg = train_cfg(f"task={name}")
-        apply_recipe(cfg, [])  # raises on a key the config lacks, or an eval_recipe key dp-eval lacks
+        recipe = cfg.task.recipe
+        applied = apply_recipe(cfg, [])  # raises on a key the config lacks, or an eval_recipe key dp-eval lacks
+        assert set(applied) == set(flatten(OmegaConf.to_container(recipe))) if recipe else not applied
         assert cfg.task.demos >= 1
         assert set(eval_recipe(cfg.task)) <= set(EVAL_KEYS)
 

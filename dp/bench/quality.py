@@ -53,6 +53,8 @@ _ABSENT = object()
 TASK_SETTINGS = ("obs_angles", "state_keys")  # and expert_options, named by its value (settings_of)
 # how a run computes, not what it learns (as --device): they do not name runs, so a run resumes under them
 EXECUTION_KEYS = ("training.bf16", "training.compile", "training.num_threads", "training.image_cache_mb")
+# keys only an image policy reads: a state run ignores them, so they do not name it (one recipe serves both)
+IMAGE_ONLY_KEYS = ("policy.image_encoder",)
 _UNRECORDED = ("latency_histogram", "videos")  # report keys a run's record leaves out (bulky, or paths in the run)
 COLUMNS = ["task", "policy", "seeds", "success_mean", "success_std", "per_seed", "coverage_mean", "score_mean",
            "train_min", "steps", "settings", "machine"]
@@ -117,14 +119,15 @@ def store_for(name: str, obs: str, data: Path, demos: int | None = None, setting
     return str(path)
 
 
-def settings_of(name: str, overrides: list[str]) -> list[str]:
+def settings_of(name: str, overrides: list[str], obs: str = "state") -> list[str]:
     """What makes a task's runs differ from the defaults, sorted: its recipe's keys that ``overrides``
     (``--set``) leaves to it, the task config's ``TASK_SETTINGS`` it sets, and ``overrides``, as
     ``key=value``, less any that only restates a default (``training.steps=5000``). A recipe or task value
     and the same ``--set`` give the same settings, so they name the same runs; the defaults, set or not,
     name the runs without a hash. The expert's options are named by their value once ``overrides`` apply
     (``task.expert_options={plan: two_switches}``, however the command line reached it), and the stock
-    expert (none) by nothing, so its runs keep their names when a task adopts options."""
+    expert (none) by nothing, so its runs keep their names when a task adopts options. ``IMAGE_ONLY_KEYS``
+    name only ``obs="image"`` runs."""
     if any(o.lstrip("+~").startswith("task.recipe") for o in overrides):
         return list(overrides)
     from omegaconf import OmegaConf
@@ -157,10 +160,12 @@ def settings_of(name: str, overrides: list[str]) -> list[str]:
             return False
         return ("null" if default is None else str(default)) == value
 
-    def executes(item: str) -> bool:
-        return item.split("=", 1)[0].lstrip("+~") in EXECUTION_KEYS
+    def inert(item: str) -> bool:  # how the run computes, or what only an image policy reads
+        key = item.split("=", 1)[0].lstrip("+~")
+        return key in EXECUTION_KEYS or (obs != "image" and any(
+            key == k or key.startswith(k + ".") for k in IMAGE_ONLY_KEYS))
 
-    return sorted(item for item in settings if not (executes(item) or restates_default(item)))
+    return sorted(item for item in settings if not (inert(item) or restates_default(item)))
 
 
 def eval_settings_of(name: str, eval_overrides: list[str]) -> list[str]:
@@ -198,7 +203,7 @@ def run_dir(name: str, policy: str, seed: int, overrides: list[str], obs: str = 
             runs: str = "runs/quality") -> Path:
     """Where ``dp-bench quality --tasks NAME --policies POLICY --seeds SEED --set OVERRIDES`` puts its run
     (for scripts that evaluate it further)."""
-    return Path(runs) / run_name(name, obs, policy, settings_of(name, overrides), seed)
+    return Path(runs) / run_name(name, obs, policy, settings_of(name, overrides, obs), seed)
 
 
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
@@ -300,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     specs = [task_spec(t) for t in args.tasks]
     overrides = list(args.overrides)
     for name, obs in specs:
-        settings, eval_settings = settings_of(name, overrides), eval_settings_of(name, list(args.eval_overrides))
+        settings, eval_settings = settings_of(name, overrides, obs), eval_settings_of(name, list(args.eval_overrides))
         for policy in args.policies:
             outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
                                    args.demos, device, settings, eval_settings)
