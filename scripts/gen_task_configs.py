@@ -38,7 +38,8 @@ RECIPES: dict[str, dict] = {
     # from images (state runs ignore policy.image_encoder, dp.bench.quality.IMAGE_ONLY_KEYS), seed 0: the stock
     # encoder (76 px crop, 4 stages: a 3x3 map) -> 84 px crop, 3 stages (a 6x6 map): validation loss at 5000 /
     # 8000 steps 0.0756 / 0.0680 -> 0.0656 / 0.0557 (the state policy's: 0.066 / 0.0531); 20 episodes at 5000
-    # steps: score 0.307 (stock at 18774: 0.106), at 13000: 30% success, coverage 0.524;
+    # steps: score 0.307 (stock at 18774: 0.106), at 13000: 30% success, coverage 0.524, at 22000: 50%, coverage
+    # 0.791 (seed 1 at 20000: 50%, coverage 0.751);
     # scripts/pusht_pose_probe.py: pose RMSE 17.4 / 12.1 -> 5.7 / 5.1 px
     "pusht": {"policy": {"n_action_steps": 2, "image_encoder": {"stages": 3, "crop": 84}},
               "training": {"steps": 50000}},
