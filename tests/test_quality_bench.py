@@ -1,5 +1,6 @@
 """dp-bench quality: collects, trains and evaluates over seeds, one row per (task, policy), rows kept across runs."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,28 @@ def test_quality_trains_and_evaluates_every_seed_and_keeps_earlier_rows(tmp_path
     assert len(rows) == 3 and rows[0] == row and "training.lr=1e-3" in rows[2]["settings"]
     assert len(list((tmp_path / "runs/q").glob("toy_mlp_bc_*_seed*"))) == 4  # two new runs beside the first two
     assert report0.stat().st_mtime == stamp
+
+
+def test_jobs_run_seeds_at_once_with_the_cores_shared_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(quality, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr("dp.results.RESULTS_DIR", tmp_path / "results")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    tiny = ["logging.mode=disabled", "training.steps=3", "training.warmup_steps=1", "training.val_every=0",
+            "training.batch_size=8"]
+    args = ["--tasks", "toy", "--seeds", "0", "1", "--policies", "mlp_bc", "--episodes", "2", "--runs", "runs/q",
+            "--demos", "4", "--jobs", "2", "--set", *tiny]
+    quality.main(args)
+    [row] = json.loads((tmp_path / "results" / "quality.json").read_text())["rows"]
+    assert row["seeds"] == 2 and row["steps"] == 3
+    run = Path(quality.run_name("toy", "state", "mlp_bc", sorted(tiny), 0)).name[:-1]  # without the seed
+    for seed in (0, 1):
+        record = json.loads((tmp_path / "results" / "quality_runs" / f"{run}{seed}.json").read_text())
+        assert record["train"]["threads"] == max(1, (os.cpu_count() or 1) // 2)  # the cores shared out
+        log = (tmp_path / "runs/q" / f"{run}{seed}.log").read_text()  # each job's output in its own log
+        assert "parameters" in log and "success" in log  # dp-train's and dp-eval's
+    with pytest.raises(SystemExit):
+        quality.main(["--tasks", "toy", "--jobs", "0"])
 
 
 def test_a_recipe_and_the_same_set_name_the_same_runs():

@@ -2,7 +2,7 @@
 
     dp-bench quality --tasks rs_can rs_square pusht pusht@image --seeds 0 1 2 [--policies dit mode]
                      [--episodes 50] [--set training.steps=3000 ...] [--eval-set n_action_steps=1 ...]
-                     [--runs runs/quality]
+                     [--runs runs/quality] [--jobs 2]
 
 Per task (``NAME`` or ``NAME@image`` for image observations):
 
@@ -29,6 +29,10 @@ the per-call latencies and video paths, and its train summary), committed with t
 from the records, so seeds run on different machines or days add up without their run directories, and a seed
 with a record is not trained again (delete the record to redo it).
 
+``--jobs N`` trains and evaluates N seeds at once, each in its own processes with the machine's cores shared out
+(``OMP_NUM_THREADS``, unless set) and its output in ``<runs>/<run name>.log``: on a 2-core CPU two one-thread
+runs make more steps per second together than one two-thread run, and one GPU holds several small runs.
+
 A task set (mt50) also gets ``bench/results/quality_<set>_<policy>_per_task.md``, one row per task.
 Rows accumulate in ``bench/results/quality.{json,md}`` keyed by (task, policy, settings):
 run the harness task by task and the table keeps every row. The Diffusion Policy paper reports
@@ -40,8 +44,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +90,27 @@ def _task_cfg(name: str):
     return _train_cfg(name).task
 
 
-def _run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    done = subprocess.run(cmd)
+def _run(cmd: list[str], env: dict | None = None, log: Path | None = None) -> None:
+    """Run ``cmd``; its output goes to ``log`` (appended) when given, else to this process's."""
+    print("+", " ".join(cmd) + (f"  > {log}" if log else ""), flush=True)
+    if log is None:
+        done = subprocess.run(cmd, env=env)
+    else:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:
+            done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode:
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}); rerun dp-bench quality to resume.")
+        where = f" (its output: {log})" if log else ""
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed (exit {done.returncode}){where}; rerun dp-bench quality "
+                         "to resume.")
+
+
+def job_env(jobs: int) -> dict[str, str]:
+    """The environment of one of ``jobs`` runs at once: the machine's cores shared out through
+    ``OMP_NUM_THREADS`` (at least 1 each), unless it is set already."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    return env
 
 
 def _expert_settings(settings: list[str]) -> list[str]:
@@ -206,28 +228,36 @@ def run_dir(name: str, policy: str, seed: int, overrides: list[str], obs: str = 
     return Path(runs) / run_name(name, obs, policy, settings_of(name, overrides, obs), seed)
 
 
+def record_path(run: str, eval_settings: list[str] = ()) -> Path:
+    """``bench/results/quality_runs/<run>[_eval<hash of the eval settings>].json``: one seed's record."""
+    eval_tag = settings_tag(list(eval_settings))
+    return RESULTS_DIR / "quality_runs" / f"{run}{'_eval' + eval_tag if eval_tag else ''}.json"
+
+
 def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[str], runs: Path,
                    episodes: int, data: Path, demos: int | None = None, device: str = "cpu",
-                   settings: list[str] | None = None, eval_settings: list[str] = ()) -> dict:
+                   settings: list[str] | None = None, eval_settings: list[str] = (), jobs: int = 1) -> dict:
     """One seed's run (trained and evaluated unless already done) -> its eval report and train summary.
     ``settings`` (default ``overrides``) name the run; dp-train applies the recipe itself. ``eval_settings``
-    (dp-eval ``key=value``) name the evaluation and the record: ``eval_quality[_<hash>]``."""
+    (dp-eval ``key=value``) name the evaluation and the record: ``eval_quality[_<hash>]``. ``jobs`` > 1: this
+    is one of that many runs at once (``job_env``), its output in ``<runs>/<run>.log``."""
     run = run_name(name, obs, policy, overrides if settings is None else settings, seed)
     eval_tag = settings_tag(list(eval_settings))
-    record = RESULTS_DIR / "quality_runs" / f"{run}{'_eval' + eval_tag if eval_tag else ''}.json"
+    record = record_path(run, eval_settings)
     if record.exists():
         return json.loads(record.read_text())
     store = store_for(name, obs, data, demos, overrides if settings is None else settings)
     out = runs / run
+    env, log = (job_env(jobs), runs / f"{run}.log") if jobs > 1 else (None, None)
     if not (out / ".done").exists():
         _run([sys.executable, "-m", "dp.train.cli", f"task={name}", f"task.obs={obs}", f"task.dataset_path={store}",
               f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
-              "progress=false", *overrides])
+              "progress=false", *overrides], env, log)
         (out / ".done").touch()
     report = out / f"eval_quality{eval_tag}" / "report.json"
     if not report.exists():
         _run([sys.executable, "-m", "dp.eval.cli", f"checkpoint={out}", f"n_episodes={episodes}",
-              f"output_dir={report.parent}", f"device={device}", "progress=false", *eval_settings])
+              f"output_dir={report.parent}", f"device={device}", "progress=false", *eval_settings], env, log)
     result = {"report": {k: v for k, v in json.loads(report.read_text()).items() if k not in _UNRECORDED},
               "train": json.loads((out / "train_summary.json").read_text()), "run": str(out),
               "machine": machine_label(device)}
@@ -300,16 +330,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="data/quality", help="where the collected stores go")
     parser.add_argument("--demos", type=int, default=None,
                         help="demonstrations to collect per task (default: the task config's demos)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds trained and evaluated at once, each with cores / jobs threads "
+                             "(OMP_NUM_THREADS, unless set) and its output in <runs>/<run name>.log")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     device = args.device
     specs = [task_spec(t) for t in args.tasks]
     overrides = list(args.overrides)
     for name, obs in specs:
         settings, eval_settings = settings_of(name, overrides, obs), eval_settings_of(name, list(args.eval_overrides))
         for policy in args.policies:
-            outs = [train_and_eval(name, obs, policy, s, overrides, Path(args.runs), args.episodes, Path(args.data),
-                                   args.demos, device, settings, eval_settings)
-                    for s in args.seeds]
+            def one_seed(seed: int, jobs: int = 1) -> dict:
+                return train_and_eval(name, obs, policy, seed, overrides, Path(args.runs), args.episodes,
+                                      Path(args.data), args.demos, device, settings, eval_settings, jobs)
+
+            if args.jobs > 1 and len(args.seeds) > 1:
+                if not all(record_path(run_name(name, obs, policy, settings, s), eval_settings).exists()
+                           for s in args.seeds):
+                    store_for(name, obs, Path(args.data), args.demos, settings)  # once, before the seeds share it
+                with ThreadPoolExecutor(args.jobs) as pool:
+                    outs = list(pool.map(lambda s: one_seed(s, args.jobs), args.seeds))
+            else:
+                outs = [one_seed(s) for s in args.seeds]
             row = quality_row(name, obs, policy, settings, args.seeds, outs, eval_settings)
             if len(outs[0]["report"]["per_task"]) > 1:  # a task set: its per-task table beside the row
                 tag = settings_tag(settings) + settings_tag(eval_settings)

@@ -455,6 +455,7 @@ class Trainer:
         seconds = time.perf_counter() - t0
         summary = {"steps": self.step, "seconds": seconds, "total_seconds": self.train_seconds(),
                    "steps_per_s": (self.step - start_step) / max(seconds, 1e-9),
+                   "threads": torch.get_num_threads(),
                    "final_loss": self.history["loss"][-1] if self.history["loss"] else None}
         if main:
             path = self.save()
