@@ -242,7 +242,6 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
     (dp-eval ``key=value``) name the evaluation and the record: ``eval_quality[_<hash>]``. ``jobs`` > 1: this
     is one of that many runs at once (``job_env``), its output in ``<runs>/<run>.log``."""
     run = run_name(name, obs, policy, overrides if settings is None else settings, seed)
-    eval_tag = settings_tag(list(eval_settings))
     record = record_path(run, eval_settings)
     if record.exists():
         return json.loads(record.read_text())
@@ -254,7 +253,7 @@ def train_and_eval(name: str, obs: str, policy: str, seed: int, overrides: list[
               f"policy={policy}", f"seed={seed}", f"output_dir={out}", f"device={device}", "resume=true",
               "progress=false", *overrides], env, log)
         (out / ".done").touch()
-    report = out / f"eval_quality{eval_tag}" / "report.json"
+    report = out / f"eval_quality{settings_tag(list(eval_settings))}" / "report.json"
     if not report.exists():
         _run([sys.executable, "-m", "dp.eval.cli", f"checkpoint={out}", f"n_episodes={episodes}",
               f"output_dir={report.parent}", f"device={device}", "progress=false", *eval_settings], env, log)
@@ -342,16 +341,18 @@ def main(argv: list[str] | None = None) -> None:
     for name, obs in specs:
         settings, eval_settings = settings_of(name, overrides, obs), eval_settings_of(name, list(args.eval_overrides))
         for policy in args.policies:
-            def one_seed(seed: int, jobs: int = 1) -> dict:
+            jobs = args.jobs if len(args.seeds) > 1 else 1
+
+            def one_seed(seed: int) -> dict:
                 return train_and_eval(name, obs, policy, seed, overrides, Path(args.runs), args.episodes,
                                       Path(args.data), args.demos, device, settings, eval_settings, jobs)
 
-            if args.jobs > 1 and len(args.seeds) > 1:
+            if jobs > 1:
                 if not all(record_path(run_name(name, obs, policy, settings, s), eval_settings).exists()
                            for s in args.seeds):
                     store_for(name, obs, Path(args.data), args.demos, settings)  # once, before the seeds share it
-                with ThreadPoolExecutor(args.jobs) as pool:
-                    outs = list(pool.map(lambda s: one_seed(s, args.jobs), args.seeds))
+                with ThreadPoolExecutor(jobs) as pool:
+                    outs = list(pool.map(one_seed, args.seeds))
             else:
                 outs = [one_seed(s) for s in args.seeds]
             row = quality_row(name, obs, policy, settings, args.seeds, outs, eval_settings)
