@@ -19,11 +19,15 @@ REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 
-def test_training_reduces_loss_and_checkpoint_roundtrips(tmp_path):
+def test_training_reduces_loss_and_checkpoint_roundtrips(tmp_path, capsys):
     data = toy_dataset(tmp_path)
     cfg = train_cfg(data, tmp_path / "run", *TINY_DIT, "training.steps=60", "training.checkpoint_every=30",
                     "training.val_ratio=0.1", "training.val_every=30")
     summary = Trainer(cfg).run()
+    # progress=false (no bar): a log gets one line per checkpoint instead
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("step ")]
+    assert [ln.split(":")[0] for ln in lines] == ["step 30/60", "step 60/60"], lines
+    assert "steps/s; saved" in lines[0] and "step_00000030" in lines[0]
     hist = json.loads((tmp_path / "run" / "history.json").read_text())
     assert np.mean(hist["loss"][-10:]) < 0.6 * np.mean(hist["loss"][:5])
     assert len(hist["val_loss"]) == 2

@@ -442,7 +442,11 @@ class Trainer:
                         run.log({"eval/success_rate": res["success_rate"], **videos}, step=self.step)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     if main:
-                        self.save()
+                        path = self.save()
+                        if not cfg.progress:  # no bar (a log file, dp-bench's jobs): one line per checkpoint instead
+                            rate = (self.step - start_step) / max(time.perf_counter() - t0, 1e-9)
+                            print(f"step {self.step}/{t.steps}: loss {self.history['loss'][-1]:.4f}, "
+                                  f"{rate:.2f} steps/s; saved {path}", flush=True)
                     barrier(self.dist)
                 bar.update(1)
                 if interrupt.received is not None:
