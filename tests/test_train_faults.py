@@ -138,3 +138,10 @@ def test_the_wandb_run_id_survives_a_resume(tmp_path, monkeypatch):
     assert first.wandb_id and resumed.wandb_id == first.wandb_id
     resumed.run()
     assert resumed.wandb_id == first.wandb_id
+
+
+def test_a_new_run_starts_wandb_without_a_warning(tmp_path, capfd):
+    """wandb.init on a run directory not made yet warned "git root <dir> does not exist"; the trainer makes it first."""
+    data = toy_dataset(tmp_path)
+    Trainer(train_cfg(data, tmp_path / "runs" / "run", *TINY_DIT, "training.steps=2", "logging.mode=offline")).run()
+    assert "does not exist" not in capfd.readouterr().err
