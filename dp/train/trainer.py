@@ -390,10 +390,10 @@ class Trainer:
     def run(self) -> dict:
         cfg, t = self.cfg, self.cfg.training
         main = self.dist.main
+        run = None
         if main:
             self.out.mkdir(parents=True, exist_ok=True)  # before wandb, which warns "git root ... does not exist"
-        run = self._init_wandb() if main else None
-        if main:
+            run = self._init_wandb()
             print(f"policy {type(self.policy).__name__}: "
                   f"{sum(p.numel() for p in self.policy.parameters()) / 1e6:.2f}M parameters; "
                   f"{len(self.dataset)} training windows; "
