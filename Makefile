@@ -25,7 +25,7 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -q -x
+	$(PY) -m pytest -q -x --durations=15
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
